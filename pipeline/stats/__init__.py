@@ -1,0 +1,1 @@
+"""`wit-stats`: DuckDB report over a built corpus."""

@@ -1,0 +1,1 @@
+"""Builds CLIP's ~500k-entry query list from offline sources (`wit-querylist`)."""
