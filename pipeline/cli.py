@@ -35,11 +35,52 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fetch_options(args):
+    from pipeline.fetch import FetchOptions
+
+    return FetchOptions(
+        image_size=args.image_size,
+        resize_mode=args.resize_mode,
+        shard_size=args.shard_size,
+        allow_private_addresses=args.allow_private_addresses,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
-    print("wit-build: the curation job is not built yet (issue 4)", file=sys.stderr)
-    return 2
+    stray = [a for a in beam_args if not a.startswith("--") and "=" not in a]
+    if stray and all(not b.startswith("--") for b in beam_args[:1]):
+        parser.error(f"unexpected argument {stray[0]!r}")
+    if args.per_query_cap < 1:
+        parser.error("--per-query-cap must be at least 1")
+    if args.input_format == "pages":
+        parser.error("--input-format pages is not supported by this job")
+
+    from pipeline.job import JobConfig, run_job, summary_table
+
+    try:
+        cfg = JobConfig(
+            querylist=args.querylist,
+            inputs=args.input,
+            out=args.out,
+            input_format=args.input_format,
+            url_col=args.url_col,
+            caption_col=args.caption_col,
+            per_query_cap=args.per_query_cap,
+            balance=args.balance,
+            seed=args.seed,
+            lid=args.lid,
+            no_fetch=args.no_fetch,
+            fetch_options=None if args.no_fetch else _fetch_options(args),
+            beam_args=beam_args,
+        )
+        manifest = run_job(cfg)
+    except ValueError as e:
+        print(f"wit-build: {e}", file=sys.stderr)
+        return 2
+    print(summary_table(manifest))
+    return 0
 
 
 if __name__ == "__main__":

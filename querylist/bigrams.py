@@ -16,7 +16,7 @@ import math
 from collections import Counter
 
 from .normalize import normalize_query
-from .source import QueryListError, SourceResult, SourceUnavailable
+from .source import QueryListError, SourceResult, SourceUnavailable, sort_best_first
 from .textfiles import read_counts
 
 DEFAULT_BUDGET = 100_000
@@ -48,8 +48,7 @@ def pmi_ranked(
         else:
             pmi = math.log(count * total_tokens / (unigrams[w1] * unigrams[w2]))
             scored.append((normalize_query(f"{w1} {w2}"), pmi))
-    scored.sort(key=lambda e: (-e[1], e[0]))
-    return scored
+    return sort_best_first(scored)
 
 
 def wordsegment_files() -> tuple[str, str, str]:

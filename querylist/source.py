@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 
 class SourceUnavailable(Exception):
@@ -17,7 +18,8 @@ class QueryListError(Exception):
 class SourceResult:
     """Entries from one source, best first, and what to record about how they were made.
 
-    `entries` holds (query, score) pairs already past the source's threshold; `read` is
+    `entries` holds (query, score) pairs already past the source's threshold, best first
+    (the merge relies on that order to keep the best display form); `read` is
     how many distinct candidates the source offered before it; `rejected` maps a reason
     (e.g. "malformed line") to how many inputs were dropped for it, so nothing is lost
     silently.
@@ -34,4 +36,15 @@ class SourceResult:
 
     def sort_best_first(self) -> None:
         """Order by score, highest first, then by query so ties are deterministic."""
-        self.entries.sort(key=lambda e: (-e[1], e[0]))
+        sort_best_first(self.entries)
+
+
+def sort_best_first(entries: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Sort (query, score) pairs in place by score descending, ties by query; returns them.
+
+    Two stable C-level sorts instead of one with a tuple key: several times faster on the
+    few hundred thousand entries a source gives.
+    """
+    entries.sort(key=itemgetter(0))
+    entries.sort(key=itemgetter(1), reverse=True)
+    return entries

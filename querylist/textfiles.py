@@ -9,6 +9,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import zlib
 from collections import Counter
 
 from .source import QueryListError
@@ -40,17 +41,18 @@ def read_counts(path: str, words_per_line: int) -> tuple[Counter, Counter]:
     counts: Counter = Counter()
     rejected: Counter = Counter()
     want = words_per_line + 1
+    get = counts.get
     try:
-        with open_binary(path) as f:
-            for raw in f:
-                fields = raw.decode("utf-8", errors="replace").split()
+        with io.TextIOWrapper(open_binary(path), encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
                 if not fields:
                     continue
-                if len(fields) != want or not fields[-1].isdigit():
+                if len(fields) != want or not fields[-1].isdecimal():
                     rejected["malformed line"] += 1
                     continue
                 key = fields[0] if words_per_line == 1 else tuple(fields[:-1])
-                counts[key] += int(fields[-1])
-    except (OSError, EOFError) as e:
+                counts[key] = get(key, 0) + int(fields[-1])
+    except (OSError, EOFError, zlib.error) as e:
         raise QueryListError(f"cannot read {path}: {e}") from e
     return counts, rejected

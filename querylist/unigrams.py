@@ -15,7 +15,7 @@ import re
 from collections import Counter
 
 from .normalize import normalize_query
-from .source import SourceResult, SourceUnavailable
+from .source import SourceResult, SourceUnavailable, sort_best_first
 from .textfiles import read_counts
 
 DEFAULT_MIN_COUNT = 100
@@ -28,9 +28,9 @@ _SMASHED_NUMBER = re.compile(r"\d[\d.,]+")
 
 def threshold(counts: dict[str, int], min_count: int) -> list[tuple[str, float]]:
     """(word, count) for words with count >= min_count, normalised; best first."""
-    kept = [(normalize_query(w), float(c)) for w, c in counts.items() if c >= min_count]
-    kept.sort(key=lambda e: (-e[1], e[0]))
-    return kept
+    return sort_best_first(
+        [(normalize_query(w), float(c)) for w, c in counts.items() if c >= min_count]
+    )
 
 
 def wordfreq_counts(corpus_tokens: int, rejected: Counter) -> tuple[dict[str, int], str, str]:

@@ -33,8 +33,15 @@ def parse_data_line(line: str) -> list[str] | None:
     if len(fields) < 6 or not fields[0].isdigit():
         raise ValueError("not a synset line")
     word_count = int(fields[3], 16)
-    words = fields[4 : 4 + 2 * word_count : 2]
-    if len(words) != word_count or word_count == 0:
+    end = 4 + 2 * word_count
+    words = fields[4:end:2]
+    lex_ids = fields[5:end:2]
+    if (
+        word_count == 0
+        or len(fields) <= end
+        or not fields[end].isdigit()  # p_cnt follows the words
+        or any(len(x) != 1 or x not in "0123456789abcdef" for x in lex_ids)
+    ):
         raise ValueError("word count does not match the line")
     return [_ADJ_MARKER.sub("", w).replace("_", " ") for w in words]
 

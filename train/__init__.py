@@ -3,3 +3,18 @@
 It reads shards through the format in docs/shard-format.md only, and never imports
 `pipeline` or Apache Beam.
 """
+
+from .factory import create_model, list_models, load_config
+from .loss import ClipLoss
+from .tokenizer import get_tokenizer, learn_tokenizer
+from .transforms import image_transform
+
+__all__ = [
+    "ClipLoss",
+    "create_model",
+    "get_tokenizer",
+    "image_transform",
+    "learn_tokenizer",
+    "list_models",
+    "load_config",
+]

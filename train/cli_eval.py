@@ -1,25 +1,400 @@
-"""`wit-eval`: zero-shot, linear probe, retrieval and overlap check."""
+"""`wit-eval`: zero-shot, linear probe, retrieval and the train/eval overlap check.
+
+    wit-eval zeroshot  --checkpoint CKPT [--compare CKPT ...] --dataset DIR [--templates SET]
+    wit-eval probe     --checkpoint CKPT --dataset DIR [--test-dataset DIR]
+    wit-eval retrieval --checkpoint CKPT --dataset captions.csv [--images DIR]
+    wit-eval overlap   --shards 'OUT/shards/*.tar' --dataset DIR [--checkpoint CKPT]
+
+A checkpoint is one of ours (file or run folder) or an OpenAI / open_clip state dict
+with `--model CONFIG`. Results go to the terminal as a table and, with `--out`, to JSON.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import sys
+import time
+
+TASKS = ("zeroshot", "probe", "retrieval", "overlap")
+TABLE_KEYS = {
+    "zeroshot": ["top1", "top5", "mean_per_class_recall", "n"],
+    "probe": [
+        "top1",
+        "top5",
+        "mean_per_class_recall",
+        "l2",
+        "val_top1",
+        "n_train",
+        "n_val",
+        "n_test",
+    ],
+    "retrieval": [f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)]
+    + ["n_images", "n_texts"],
+    "overlap": ["top1_all", "top1_clean", "top1_overlap", "n_clean", "n_overlap"],
+}
+
+
+def _common(s: argparse.ArgumentParser, checkpoint_required: bool = True) -> None:
+    g = s.add_argument_group("model")
+    g.add_argument(
+        "--checkpoint",
+        nargs="+",
+        default=[],
+        metavar="CKPT",
+        help="checkpoint file or run folder (RUN/checkpoints/latest.pt)"
+        + ("" if checkpoint_required else "; optional here"),
+    )
+    g.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        metavar="CKPT",
+        help="more checkpoints, evaluated alike and shown side by side",
+    )
+    g.add_argument(
+        "--model",
+        metavar="CONFIG",
+        help="architecture for a plain OpenAI/open_clip state dict: a config name or JSON",
+    )
+    g.add_argument(
+        "--tokenizer",
+        metavar="SPEC",
+        help="tokenizer: 'openai' or a learned tokenizer file (default: the checkpoint's)",
+    )
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--workers", type=int, default=0, help="image decoding processes")
+    s.add_argument("--out", metavar="FILE.json", help="write the results as JSON")
+    s.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wit-eval", description="Evaluate CLIP checkpoints.")
     sub = p.add_subparsers(dest="task", required=True)
-    for name in ("zeroshot", "probe", "retrieval", "overlap"):
-        s = sub.add_parser(name)
-        s.add_argument("--checkpoint", required=True, nargs="+")
-        s.add_argument("--dataset", required=True)
+
+    z = sub.add_parser("zeroshot", help="zero-shot classification with prompt templates")
+    _common(z)
+    z.add_argument("--dataset", required=True, help="folder per class, or labelled .tar shards")
+    z.add_argument("--classnames", metavar="FILE", help="one name a line, or folder<TAB>name")
+    z.add_argument(
+        "--templates",
+        default="single",
+        help="single | cifar10 | cifar100 | imagenet | FILE | a literal 'a photo of a {}.'",
+    )
+    z.add_argument("--ensemble", choices=("embedding", "probability"), default="embedding")
+    z.add_argument("--limit-per-class", type=int, metavar="N")
+    z.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="also keep class embeddings on disk here (they are always cached in memory)",
+    )
+
+    pr = sub.add_parser("probe", help="linear probe (logistic regression) on frozen features")
+    _common(pr)
+    pr.add_argument("--dataset", required=True, help="training folder per class (or the only one)")
+    pr.add_argument("--test-dataset", help="test folder; without it --dataset is split")
+    pr.add_argument("--classnames", metavar="FILE")
+    pr.add_argument("--limit-per-class", type=int, metavar="N")
+    pr.add_argument("--val-fraction", type=float, default=0.2)
+    pr.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="share of a single dataset held out for test",
+    )
+    pr.add_argument("--seed", type=int, default=0, help="seed of the deterministic split")
+
+    r = sub.add_parser("retrieval", help="image-text retrieval recall@1/5/10")
+    _common(r)
+    r.add_argument(
+        "--dataset", required=True, help="CSV with columns image,caption, or .tar shards"
+    )
+    r.add_argument(
+        "--images", metavar="DIR", help="images folder (default: images/ beside the CSV)"
+    )
+    r.add_argument("--limit-images", type=int, metavar="N")
+
+    o = sub.add_parser("overlap", help="near-duplicates between training shards and an eval set")
+    _common(o, checkpoint_required=False)
+    o.add_argument(
+        "--shards", required=True, help="training shards: glob, {a..b} pattern or folder"
+    )
+    o.add_argument(
+        "--dataset", required=True, help="eval set: folder per class, captions CSV or shards"
+    )
+    o.add_argument("--images", metavar="DIR", help="images folder for a captions CSV")
+    o.add_argument("--classnames", metavar="FILE")
+    o.add_argument("--limit-per-class", type=int, metavar="N")
+    o.add_argument("--hash", choices=("phash", "dhash"), default="phash")
+    o.add_argument("--max-distance", type=int, default=4, help="Hamming distance (of 64 bits)")
+    o.add_argument("--examples", type=int, default=10)
+    o.add_argument("--templates", default="single", help="for zero-shot on clean/overlap subsets")
     return p
 
 
+# ---------------------------------------------------------------- running
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _log(args, msg: str) -> None:
+    if not args.quiet:
+        print(msg, file=sys.stderr)
+
+
+def _load(args, path: str):
+    from train.eval.load import load_for_eval
+
+    return load_for_eval(path, args.model, args.tokenizer, _device(args.device))
+
+
+def _run_zeroshot(args, path: str, dataset) -> dict:
+    from train.eval.zeroshot import evaluate_classification
+
+    m = _load(args, path)
+    return evaluate_classification(
+        m.model,
+        m.tokenizer,
+        dataset,
+        args.templates,
+        args.ensemble,
+        args.batch_size,
+        _device(args.device),
+        args.workers,
+        args.cache_dir,
+        progress=not args.quiet,
+    )
+
+
+def _run_probe(args, path: str, data) -> dict:
+    from train.eval.probe import evaluate_probe
+
+    train_set, test_set = data
+    m = _load(args, path)
+    return evaluate_probe(
+        m.model,
+        train_set,
+        test_set,
+        args.val_fraction,
+        args.test_fraction,
+        args.seed,
+        args.batch_size,
+        _device(args.device),
+        args.workers,
+        progress=not args.quiet,
+    )
+
+
+def _run_retrieval(args, path: str, dataset) -> dict:
+    from train.eval.retrieval import evaluate_retrieval
+
+    m = _load(args, path)
+    return evaluate_retrieval(
+        m.model,
+        m.tokenizer,
+        dataset,
+        batch_size=args.batch_size,
+        device=_device(args.device),
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+
+
+def _load_data(args):
+    from train.eval import datasets as ds
+
+    if args.task == "zeroshot":
+        return ds.load_classification(args.dataset, args.classnames, args.limit_per_class)
+    if args.task == "probe":
+        train = ds.load_classification(args.dataset, args.classnames, args.limit_per_class)
+        test = None
+        if args.test_dataset:
+            test = ds.load_classification(args.test_dataset, args.classnames, args.limit_per_class)
+        return train, test
+    if args.task == "retrieval":
+        return ds.load_captions(args.dataset, args.images, args.limit_images)
+    # overlap: a class folder keeps labels (per-class counts, clean/overlap zero-shot)
+    if os.path.isdir(args.dataset) or (ds.is_shard_spec(args.dataset) and args.classnames):
+        return ds.load_classification(args.dataset, args.classnames, args.limit_per_class)
+    return ds.load_captions(args.dataset, args.images)
+
+
+def _run_overlap(args, checkpoints: list[str], data) -> dict:
+    from train.eval.datasets import ClassificationSet
+    from train.eval.overlap import overlap_report
+
+    labelled = isinstance(data, ClassificationSet)
+    items = data.items if labelled else data.images
+    report = overlap_report(
+        items,
+        args.shards,
+        args.hash,
+        args.max_distance,
+        args.examples,
+        data.labels if labelled else None,
+        data.classnames if labelled else None,
+        progress=not args.quiet,
+    )
+    if checkpoints and labelled:
+        # The paper's check: does accuracy differ between the clean and the overlapping part?
+        overlap = set(report["overlap_indices"])
+        clean_idx = [i for i in range(len(items)) if i not in overlap]
+        report["zeroshot"] = {}
+        args.ensemble, args.cache_dir = "embedding", None
+        for path in checkpoints:
+            row = {"top1_all": _run_zeroshot(args, path, data)["top1"], "n_overlap": len(overlap)}
+            row["n_clean"] = len(clean_idx)
+            for name, idx in (("clean", clean_idx), ("overlap", sorted(overlap))):
+                row[f"top1_{name}"] = (
+                    _run_zeroshot(args, path, data.subset(idx))["top1"] if idx else None
+                )
+            report["zeroshot"][path] = row
+    return report
+
+
+# ---------------------------------------------------------------- output
+
+
+def _fmt(key: str, value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float) and (key.startswith(("top", "mean_", "val_")) or "R@" in key):
+        return f"{100 * value:.2f}%"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def format_table(results: dict[str, dict], keys: list[str]) -> str:
+    """Metrics as rows, checkpoints as columns."""
+    names = list(results)
+    header = ["metric"] + [os.path.basename(os.path.normpath(n)) or n for n in names]
+    rows = [
+        [k] + [_fmt(k, results[n].get(k)) for n in names]
+        for k in keys
+        if any(k in results[n] for n in names)
+    ]
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+
+    def line(r):
+        cells = zip(r, widths, strict=True)
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(cells))
+
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _overlap_text(report: dict) -> str:
+    lines = [
+        f"eval images: {report['eval_images']} ({report['eval_hashed']} hashed), "
+        f"training images: {report['train_images']} in {report['shards']} shard(s)",
+        f"near-duplicates ({report['hash']}, Hamming <= {report['max_distance']}): "
+        f"{report['eval_with_near_duplicate']} eval images "
+        f"({100 * report['overlap_fraction']:.2f}%), {report['near_duplicate_pairs']} pairs",
+    ]
+    if report.get("per_class"):
+        hits = {k: v for k, v in report["per_class"].items() if v}
+        lines.append("per class: " + (", ".join(f"{k} {v}" for k, v in hits.items()) or "none"))
+    for ex in report["examples"]:
+        lines.append(
+            f"  d={ex['distance']}  {ex['eval_image']}  <->  {ex.get('shard')}:"
+            f"{ex.get('key')}  {ex.get('caption', '')[:60]!r}"
+        )
+    return "\n".join(lines)
+
+
+def _write_json(path: str, obj: dict) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, allow_nan=False, default=_json_default)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    return str(o)
+
+
+def _clean(obj):
+    """NaN (a metric on an empty set) becomes null so the JSON stays standard."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def run(args) -> dict:
+    """Run one task and return what --out writes."""
+    started = time.monotonic()
+    checkpoints = list(dict.fromkeys(args.checkpoint + args.compare))
+    if args.task != "overlap" and not checkpoints:
+        raise ValueError("give --checkpoint CKPT (and --compare CKPT ... to compare)")
+    data = _load_data(args)
+    meta = {"task": args.task, "dataset": args.dataset}
+    if args.task == "overlap":
+        report = _run_overlap(args, checkpoints, data)
+        print(_overlap_text(report))
+        if report.get("zeroshot"):
+            print(format_table(report["zeroshot"], TABLE_KEYS["overlap"]))
+        result = {**meta, **report}
+    else:
+        runner = {"zeroshot": _run_zeroshot, "probe": _run_probe, "retrieval": _run_retrieval}
+        results = {}
+        for path in checkpoints:
+            _log(args, f"wit-eval {args.task}: {path}")
+            results[path] = runner[args.task](args, path, data)
+        print(format_table(results, TABLE_KEYS[args.task]))
+        first = results[checkpoints[0]]
+        if args.task == "zeroshot":
+            print(
+                f"{first['classes']} classes (chance top-1 {100 / first['classes']:.2f}%), "
+                f"{first['templates']} template(s), {first['ensemble']} ensembling"
+            )
+            meta["templates"] = args.templates
+        if args.task == "probe":
+            print(f"split: {first['split']}; l2 chosen on validation")
+        for path, res in results.items():
+            if res.get("skipped"):
+                print(
+                    f"{path}: {len(res['skipped'])} image(s) skipped, e.g. "
+                    f"{res['skipped'][0]['image']}: {res['skipped'][0]['reason']}"
+                )
+        if len(results) == 1:
+            result = {**meta, "checkpoint": checkpoints[0], **first}
+        else:
+            result = {**meta, "results": [{"checkpoint": p, **r} for p, r in results.items()]}
+    print(f"wit-eval {args.task}: done in {time.monotonic() - started:.1f}s", file=sys.stderr)
+    result = _clean(result)
+    if args.out:
+        _write_json(args.out, result)
+        _log(args, f"wrote {args.out}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print("wit-eval: not built yet (issue 9)", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    from train.eval.datasets import DatasetError
+    from train.eval.load import LoadError
+
+    try:
+        run(args)
+    except (DatasetError, LoadError, ValueError, FileNotFoundError, OSError) as e:
+        print(f"wit-eval: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

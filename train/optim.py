@@ -26,13 +26,7 @@ def excluded_from_decay(name: str, param: torch.Tensor) -> bool:
     `bn`/`ln`/`bias` catch norm and bias tensors of higher rank; `logit_scale` is the
     temperature, which decay would pull towards 1.
     """
-    return (
-        param.ndim < 2
-        or "bn" in name
-        or "ln" in name
-        or "bias" in name
-        or "logit_scale" in name
-    )
+    return param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -51,20 +45,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def tower_type(config: dict) -> str:
     """`vit` or `resnet`, from a model config, to pick the paper's Adam settings.
 
-    OpenAI's configs describe a ModifiedResNet with a list of stage depths in
-    `vision_layers` and a ViT with an int; an explicit `vision_type`/`vision` key wins.
+    As in OpenAI's configs, a ModifiedResNet has a list of stage depths in
+    `vision_layers` and a ViT a single int.
     """
-    vision = config.get("vision_cfg", config)
-    for key in ("vision_type", "type", "arch"):
-        value = str(vision.get(key, "")).lower()
-        if "vit" in value or "transformer" in value:
-            return "vit"
-        if "resnet" in value or value.startswith("rn"):
-            return "resnet"
-    layers = vision.get("vision_layers", vision.get("layers"))
-    if isinstance(layers, (list, tuple)):
-        return "resnet"
-    return "vit"
+    return "resnet" if isinstance(config.get("vision_layers"), (list, tuple)) else "vit"
 
 
 def create_optimizer(

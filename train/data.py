@@ -1,0 +1,392 @@
+"""WebDataset loading of wit-build shards for training, with an exactly resumable order.
+
+The shards are read through `docs/shard-format.md` only: `<key>.jpg` + `<key>.txt` per
+sample, `sizes.json` for the epoch length. Everything random about the stream is a
+function of (seed, epoch, rank, worker) or of (seed, epoch, sample key):
+
+- the shard order of an epoch: `Random(seed, epoch)`, the same on every rank, then split
+  by node and by worker (or, in resampled mode, drawn with replacement per worker);
+- the sample shuffle buffer: `Random(seed, epoch, rank, worker)`;
+- the random resized crop of a sample: torch seeded from (seed, epoch, key).
+
+So replaying an epoch and dropping the batches that were already consumed gives the
+same batches as an uninterrupted run. `ResumableLoader` does the bookkeeping: it hands
+out batches in a fixed round-robin order over workers (independent of process timing)
+and its `state_dict()` says how far each worker got.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import hashlib
+import io
+import json
+import os
+import random
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+MAX_REASONS = 20
+
+
+def expand_shards(pattern: str | list[str]) -> list[str]:
+    """Shard paths from a brace pattern, a glob, `::`-separated parts or a list.
+
+    Raises ValueError with a one-line reason when nothing matches.
+    """
+    parts = pattern if isinstance(pattern, list) else [pattern]
+    found: list[str] = []
+    for part in parts:
+        for url in wds.shardlists.expand_urls(part):
+            if any(c in url for c in "*?["):
+                found.extend(sorted(glob.glob(url)))
+            elif os.path.exists(url):
+                found.append(url)
+            else:
+                raise ValueError(f"shard not found: {url}")
+    if not found:
+        raise ValueError(f"no shards match {pattern!r}")
+    return list(dict.fromkeys(found))
+
+
+def count_tar_samples(path: str) -> int:
+    """Samples in one tar (distinct keys that have an image), for shards missing in sizes.json."""
+    keys = set()
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if member.isreg() and "." in os.path.basename(member.name):
+                key, ext = os.path.basename(member.name).split(".", 1)
+                if ext.lower() in IMAGE_EXTS:
+                    keys.add(key)
+    return len(keys)
+
+
+def shard_sizes(shards: list[str]) -> dict[str, int]:
+    """Sample count per shard path, from sizes.json (next to the shards or one folder up).
+
+    wit-build writes OUT/sizes.json beside OUT/shards/; open_clip looks in the shard
+    folder. Shards that no sizes.json lists are counted by reading the tar.
+    """
+    sizes: dict[str, int] = {}
+    tables: dict[str, dict] = {}
+    for shard in shards:
+        folder = os.path.dirname(os.path.abspath(shard))
+        name = os.path.basename(shard)
+        for cand in (os.path.join(folder, "sizes.json"), os.path.join(folder, "..", "sizes.json")):
+            if cand not in tables:
+                try:
+                    with open(cand) as f:
+                        tables[cand] = json.load(f)
+                except (OSError, ValueError):
+                    tables[cand] = {}
+            if name in tables[cand]:
+                sizes[shard] = int(tables[cand][name])
+                break
+        else:
+            sizes[shard] = count_tar_samples(shard)
+    return sizes
+
+
+def seed_of(*parts) -> int:
+    """A stable 63-bit seed from any tuple of values (Python's hash() is salted per process)."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class BadSamples:
+    """Counts samples that could not be used, by reason, instead of failing the run."""
+
+    def __init__(self):
+        self.counts: collections.Counter = collections.Counter()
+
+    def add(self, reason: str) -> None:
+        self.counts[reason] += 1
+
+    def handler(self, exn: Exception) -> bool:
+        """webdataset exception handler: count the error and keep going."""
+        self.add(type(exn).__name__)
+        return True
+
+    def take(self) -> dict[str, int]:
+        """The counts since the last call (so each batch reports only its own skips)."""
+        out, self.counts = dict(self.counts), collections.Counter()
+        return out
+
+
+def decode_sample(sample: dict) -> tuple[Image.Image, str] | str:
+    """(image, caption) of a raw tar sample, or the reason it is unusable."""
+    data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
+    if data is None:
+        return "missing_image"
+    if "txt" not in sample:
+        return "missing_text"
+    try:
+        caption = sample["txt"].decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return "bad_text"
+    if not caption:
+        return "empty_text"
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as exc:  # PIL raises many types for corrupt files
+        return f"bad_image:{type(exc).__name__}"
+    return image, caption
+
+
+def seeded_transform(transform: Callable, image: Image.Image, seed: int) -> torch.Tensor:
+    """Apply `transform` with torch's RNG seeded for this sample, restoring it afterwards.
+
+    torchvision's random crops draw from the global torch RNG; seeding per sample makes
+    the crop independent of worker count, process timing and resume position.
+    """
+    saved = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return transform(image)
+    finally:
+        torch.set_rng_state(saved)
+
+
+class ShardBatches(IterableDataset):
+    """Batches of (image tensor, token tensor) from WebDataset shards, one epoch per iter().
+
+    Each worker yields dicts `{"images", "texts", "worker", "bad", "produce_s"}` and, when
+    its part of the epoch is done, a final `{"worker", "end": True, "bad"}` marker.
+    `set_epoch(epoch, skip)` picks the epoch and how many batches each worker drops first.
+    """
+
+    def __init__(
+        self,
+        shards: list[str],
+        transform: Callable,
+        tokenizer: Callable,
+        batch_size: int,
+        context_length: int = 77,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        shuffle_initial: int = 100,
+        rank: int = 0,
+        world_size: int = 1,
+        samples_per_epoch: int | None = None,
+    ):
+        if batch_size < 1:
+            raise ValueError("batch size must be at least 1")
+        self.shards = list(shards)
+        self.transform = transform
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.context_length = context_length
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.shuffle_initial = shuffle_initial
+        self.rank = rank
+        self.world_size = world_size
+        self.samples_per_epoch = samples_per_epoch
+        self.epoch = 0
+        self.skip: list[int] = []
+
+    def set_epoch(self, epoch: int, skip: list[int] | None = None) -> None:
+        self.epoch = epoch
+        self.skip = list(skip or [])
+
+    def worker_shards(self, worker: int, num_workers: int) -> Iterator[str]:
+        if self.samples_per_epoch is not None:
+            rng = random.Random(seed_of(self.seed, self.epoch, self.rank, worker, "resample"))
+            while True:
+                yield rng.choice(self.shards)
+        order = list(self.shards)
+        random.Random(seed_of(self.seed, self.epoch, "shards")).shuffle(order)
+        yield from order[self.rank :: self.world_size][worker::num_workers]
+
+    def worker_quota(self, worker: int, num_workers: int) -> int | None:
+        """Batches this worker yields per epoch in resampled mode (None: until data ends)."""
+        if self.samples_per_epoch is None:
+            return None
+        total = max(1, self.samples_per_epoch // (self.batch_size * self.world_size))
+        return total // num_workers + (1 if worker < total % num_workers else 0)
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        skip = self.skip[worker] if worker < len(self.skip) else 0
+        quota = self.worker_quota(worker, num_workers)
+        bad = BadSamples()
+        raw = wds.tarfile_samples(
+            ({"url": s} for s in self.worker_shards(worker, num_workers)), handler=bad.handler
+        )
+        if self.shuffle_buffer > 1:
+            rng = random.Random(seed_of(self.seed, self.epoch, self.rank, worker, "buffer"))
+            raw = wds.shuffle(self.shuffle_buffer, self.shuffle_initial, rng=rng)(raw)
+        produced = 0
+        pending: list[tuple[str, Image.Image, str]] = []
+        started = time.perf_counter()
+        for sample in raw:
+            if quota is not None and produced >= quota:
+                break
+            decoded = decode_sample(sample)
+            if isinstance(decoded, str):
+                bad.add(decoded)
+                continue
+            pending.append((sample["__key__"], *decoded))
+            if len(pending) < self.batch_size:
+                continue
+            batch, pending = pending, []
+            produced += 1
+            if skip > 0:  # already consumed before a resume: drop it without transforming
+                skip -= 1
+                started = time.perf_counter()
+                continue
+            out = self.collate(batch)
+            out.update(worker=worker, bad=bad.take(), produce_s=time.perf_counter() - started)
+            yield out
+            started = time.perf_counter()
+        yield {"worker": worker, "end": True, "bad": bad.take()}
+
+    def collate(self, batch: list[tuple[str, Image.Image, str]]) -> dict:
+        images = torch.stack(
+            [
+                seeded_transform(self.transform, img, seed_of(self.seed, self.epoch, key))
+                for key, img, _ in batch
+            ]
+        )
+        texts = self.tokenizer([c for _, _, c in batch], context_length=self.context_length)
+        return {"images": images, "texts": texts}
+
+
+class ResumableLoader:
+    """Endless batches over epochs in an order fixed by the data, not by process timing.
+
+    Batch i of an epoch is the next batch of worker `i mod workers` (skipping workers
+    whose share is exhausted), whatever order the DataLoader delivered them in. The state
+    (epoch, batches consumed per worker, next worker, finished workers) is what a
+    checkpoint stores; a loader restored from it continues with the very next batch.
+    """
+
+    def __init__(self, dataset: ShardBatches, num_workers: int = 0, prefetch_factor: int = 2):
+        self.dataset = dataset
+        self.num_workers = num_workers
+        self.prefetch_factor = prefetch_factor
+        self.slots = max(1, num_workers)
+        self.epoch = 0
+        self.reset_epoch_state()
+        self.iterator = None
+        self.bad: collections.Counter = collections.Counter()
+
+    def reset_epoch_state(self) -> None:
+        self.consumed = [0] * self.slots
+        self.done = [False] * self.slots
+        self.next_worker = 0
+        self.buffers: dict[int, collections.deque] = collections.defaultdict(collections.deque)
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "consumed": list(self.consumed),
+            "done": [int(d) for d in self.done],
+            "next_worker": self.next_worker,
+            "workers": self.slots,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a saved position; with a different worker count, restart the epoch."""
+        self.close()
+        self.epoch = int(state["epoch"])
+        self.reset_epoch_state()
+        if int(state["workers"]) == self.slots:
+            self.consumed = [int(c) for c in state["consumed"]]
+            self.done = [bool(d) for d in state["done"]]
+            self.next_worker = int(state["next_worker"])
+        else:
+            print(
+                f"wit-train: worker count changed ({state['workers']} -> {self.slots}); "
+                f"restarting epoch {self.epoch} from its first batch"
+            )
+
+    def close(self) -> None:
+        self.iterator = None
+
+    def start_epoch(self) -> None:
+        self.dataset.set_epoch(self.epoch, skip=self.consumed)
+        loader = DataLoader(
+            self.dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            prefetch_factor=self.prefetch_factor if self.num_workers else None,
+            persistent_workers=False,
+        )
+        self.iterator = iter(loader)
+
+    def pull(self) -> None:
+        """Move one item from the DataLoader into its worker's buffer."""
+        try:
+            item = next(self.iterator)
+        except StopIteration:  # every worker ends with a marker; this is only a safeguard
+            self.done = [True] * self.slots
+            return
+        self.count_bad(item.get("bad") or {})
+        self.buffers[int(item["worker"])].append(item)
+
+    def count_bad(self, bad: dict) -> None:
+        for reason, n in bad.items():
+            self.bad[reason] += int(n)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        while True:
+            if self.iterator is None:
+                self.start_epoch()
+            if all(self.done):
+                if sum(self.consumed) == 0:
+                    raise RuntimeError(
+                        "the shards yield no complete batch: too few usable samples for "
+                        f"batch size {self.dataset.batch_size} (skipped: {dict(self.bad)})"
+                    )
+                self.epoch += 1
+                self.reset_epoch_state()
+                self.iterator = None
+                continue
+            w = self.next_worker
+            if self.done[w]:
+                self.next_worker = (w + 1) % self.slots
+                continue
+            while not self.buffers[w] and not self.done[w]:
+                self.pull()
+            if not self.buffers[w]:
+                continue
+            item = self.buffers[w].popleft()
+            self.next_worker = (w + 1) % self.slots
+            if item.get("end"):
+                self.done[w] = True
+                continue
+            self.consumed[w] += 1
+            return item
+
+
+def iter_captions(shards: list[str], limit: int | None = None) -> Iterator[str]:
+    """Captions (`.txt` members) of the shards in order, for learning a tokenizer."""
+    n = 0
+    for shard in shards:
+        try:
+            with tarfile.open(shard) as tar:
+                for member in tar:
+                    if member.isreg() and member.name.endswith(".txt"):
+                        f = tar.extractfile(member)
+                        text = f.read().decode("utf-8", errors="replace").strip() if f else ""
+                        if text:
+                            yield text
+                            n += 1
+                            if limit is not None and n >= limit:
+                                return
+        except (OSError, tarfile.TarError) as exc:
+            print(f"wit-train: skipping unreadable shard {shard}: {exc}")
