@@ -359,6 +359,8 @@ class Fetcher:
             response = self.adapter.send(prepared, stream=True, timeout=timeout)
         except BlockedAddress as err:
             raise _Final(BLOCKED_ADDRESS, str(err)) from err
+        except requests.exceptions.SSLError as err:  # retrying will not fix a certificate
+            raise _Final(FETCH_FAILED, type(err).__name__) from err
         except (
             requests.ConnectionError,
             requests.Timeout,

@@ -200,6 +200,23 @@ def read_status_rows(paths: ShardPaths) -> list[dict]:
     return pq.read_table(paths.status).cast(STATUS_SCHEMA).to_pylist()
 
 
+def reuse_status_rows(saved: list[dict], records: list[dict]) -> list[dict] | None:
+    """The saved outcome for each current record, or None if the shard holds other uids.
+
+    A complete shard written for a different selection (the input or the query list
+    changed) must be rewritten, not trusted. The outcome (status, reason, shard, key)
+    comes from the saved rows; every other field from the current record.
+    """
+    outcome = {row["uid"]: row for row in saved}
+    if len(outcome) != len(records) or any(r["uid"] not in outcome for r in records):
+        return None
+    rows = []
+    for record in records:
+        old = outcome[record["uid"]]
+        rows.append(status_row(record, old["status"], old["reason"], old["shard"], old["key"]))
+    return rows
+
+
 class ShardWriter:
     """Fetches, resizes and writes shards; one per worker, reused across shards."""
 
@@ -238,9 +255,12 @@ class ShardWriter:
     def write(self, index: int, records: Iterable[dict]) -> list[dict]:
         """Write shard `index` (or skip it when complete); returns its status rows."""
         paths = shard_paths(self.out_dir, index)
+        records = list(records)
         if is_complete(paths):
-            self.skipped_shards += 1
-            return read_status_rows(paths)
+            rows = reuse_status_rows(read_status_rows(paths), records)
+            if rows is not None:
+                self.skipped_shards += 1
+                return rows
         ordered = sorted(records, key=lambda r: (key_for_uid(r["uid"]), r["uid"]))
         os.makedirs(os.path.dirname(paths.status), exist_ok=True)
         temps = [paths.temporary(p) for p in paths.all_final()]

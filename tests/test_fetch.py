@@ -301,7 +301,9 @@ def test_user_agent_names_project_and_docs(web, flickr_dir):
 def test_loopback_refused_and_never_contacted(flickr_dir, host):
     name = first_photo(flickr_dir)
     with FixtureWeb(image_dir=flickr_dir, host=host) as server:
-        result = Fetcher(options(allow_private_addresses=False)).fetch(server.url(f"/images/{name}"))
+        result = Fetcher(options(allow_private_addresses=False)).fetch(
+            server.url(f"/images/{name}")
+        )
         assert (result.status, result.reason.split()[0]) == ("blocked_address", "loopback")
         assert server.requests == []  # not robots.txt, not the image: nothing
         allowed = Fetcher(options()).fetch(server.url(f"/images/{name}"))

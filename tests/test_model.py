@@ -12,7 +12,17 @@ from train.factory import load_config
 
 open_clip = pytest.importorskip("open_clip")
 
-PAPER = ["RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336"]
+PAPER = [
+    "RN50",
+    "RN101",
+    "RN50x4",
+    "RN50x16",
+    "RN50x64",
+    "ViT-B-32",
+    "ViT-B-16",
+    "ViT-L-14",
+    "ViT-L-14-336",
+]
 CAPTIONS = [
     "a photo of a dog.",
     "A child in a pink dress is climbing up a set of stairs in an entry way .",
@@ -39,7 +49,9 @@ def random_state_dict(model: torch.nn.Module, seed: int = 0) -> dict:
             t.fill_(2.0)
         else:
             t.normal_(0.0, 0.02 if t.dim() > 1 else 0.2, generator=g)
-            if key.endswith(("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight", "ln_final.weight")):
+            if key.endswith(
+                ("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight", "ln_final.weight")
+            ):
                 t.add_(1.0)
         sd[key] = t
     return sd
@@ -172,7 +184,14 @@ def test_open_clip_json_config_is_accepted(tmp_path):
         path.write_text(src.read_text())
         cfg = load_config(path)
         ours = load_config(name)
-        for key in ("embed_dim", "image_size", "vision_layers", "vision_width", "vision_heads", "text_width"):
+        for key in (
+            "embed_dim",
+            "image_size",
+            "vision_layers",
+            "vision_width",
+            "vision_heads",
+            "text_width",
+        ):
             assert cfg[key] == ours[key], key
 
 
@@ -185,3 +204,43 @@ def test_bad_config_file_gives_one_line_error(tmp_path):
     partial.write_text(json.dumps({"embed_dim": 64, "image_size": 64}))
     with pytest.raises(ValueError, match="lacks"):
         train.create_model(partial)
+
+
+def test_eval_and_train_transforms_equal_open_clip_on_real_photos(shared_data):
+    from PIL import Image
+
+    paths = sorted(shared_data("flickr8k-1k", "images").glob("*.jpg"))[:4]
+    paths += sorted(shared_data("cifar10-test", "cat").glob("*.jpg"))[:2]
+    for size in (64, 224):
+        for is_train in (False, True):
+            ours = train.image_transform(size, is_train)
+            ref = open_clip.image_transform(size, is_train=is_train)
+            for path in paths:
+                with Image.open(path) as im:
+                    im.load()
+                torch.manual_seed(7)
+                a = ours(im)
+                torch.manual_seed(7)
+                b = ref(im)
+                assert a.shape == (3, size, size) and a.dtype == torch.float32
+                torch.testing.assert_close(a, b)
+
+
+def test_transforms_convert_any_mode_to_rgb_and_crop_randomly():
+    from PIL import Image
+
+    gray = Image.linear_gradient("L").resize((300, 200))
+    for image in (gray, gray.convert("P"), gray.convert("RGBA"), gray.convert("1")):
+        out = train.image_transform(64, is_train=False)(image)
+        assert out.shape == (3, 64, 64)
+        torch.testing.assert_close(
+            out[0] * 0.26862954 + 0.48145466, out[1] * 0.26130258 + 0.4578275
+        )
+    # A square image, so crops of 90-100% of its area with aspect 3/4..4/3 exist.
+    noise = Image.effect_noise((256, 256), 60).convert("RGB")
+    crop = train.image_transform(64, is_train=True)
+    torch.manual_seed(0)
+    first = crop(noise)
+    assert any(not torch.equal(first, crop(noise)) for _ in range(5))
+    with pytest.raises(ValueError, match="image_size must be positive"):
+        train.image_transform(0, is_train=False)

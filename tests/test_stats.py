@@ -22,6 +22,7 @@ import tarfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import shared_path
 from PIL import Image
 
 from pipeline.schema import (
@@ -34,7 +35,6 @@ from pipeline.schema import (
     shard_name,
 )
 from pipeline.stats.cli import main
-from conftest import shared_path
 
 CAP = 25
 ROWS = 3000
@@ -44,18 +44,26 @@ QUERIES = [
     "house", "flowers", "street", "christmas tree", "football player", "zebra",
     "xylophone quartet", "quixotic marmoset",
 ]  # fmt: skip
-FETCH_REASONS = ["404", "403", "500", "502", "503", "ConnectTimeout", "ReadTimeout", "SSLError",
-                 "TooManyRedirects", "ContentTooLarge", "bad_content_type", "ConnectionError"]
+FETCH_REASONS = [
+    "404",
+    "403",
+    "500",
+    "502",
+    "503",
+    "ConnectTimeout",
+    "ReadTimeout",
+    "SSLError",
+    "TooManyRedirects",
+    "ContentTooLarge",
+    "bad_content_type",
+    "ConnectionError",
+]
 SOURCES = ["cc3m-validation.tsv#a", "cc3m-validation.tsv#b"]
 
 
 def _matches(caption: str) -> list[str]:
     folded = " ".join(caption.casefold().split())
-    return [
-        q
-        for q in QUERIES
-        if re.search(r"(?<![^\W_])" + re.escape(q) + r"(?![^\W_])", folded)
-    ]
+    return [q for q in QUERIES if re.search(r"(?<![^\W_])" + re.escape(q) + r"(?![^\W_])", folded)]
 
 
 def _rank(query: str, uid: str) -> str:
@@ -97,7 +105,9 @@ def build_out(root: pathlib.Path) -> dict:
         rows.append(row)
     pending = [r for r in rows if r["status"] == "pending"]
     for q in QUERIES:
-        ranked = sorted((r for r in pending if q in r["matched_queries"]), key=lambda r: _rank(q, r["uid"]))
+        ranked = sorted(
+            (r for r in pending if q in r["matched_queries"]), key=lambda r: _rank(q, r["uid"])
+        )
         for r in ranked[:CAP]:
             r["selected_by"].append(q)
     kept = []
@@ -144,14 +154,20 @@ def _write(root: pathlib.Path, rows: list, counts: list, samples: list) -> None:
     cols = STATUS_SCHEMA.names
     for k, src in enumerate(SOURCES):
         part = [{c: r[c] for c in cols} for r in rows if r["source"] == src]
-        pq.write_table(pa.Table.from_pylist(part, STATUS_SCHEMA), root / f"status/part-{k:05d}.parquet")
-    pq.write_table(pa.Table.from_pylist(counts, QUERY_COUNTS_SCHEMA), root / "counts/query_counts.parquet")
+        pq.write_table(
+            pa.Table.from_pylist(part, STATUS_SCHEMA), root / f"status/part-{k:05d}.parquet"
+        )
+    pq.write_table(
+        pa.Table.from_pylist(counts, QUERY_COUNTS_SCHEMA), root / "counts/query_counts.parquet"
+    )
     by_shard = collections.defaultdict(list)
     for s in samples:
         by_shard[s["shard"]].append(s)
     sizes = {}
     for shard, group in sorted(by_shard.items()):
-        table = pa.Table.from_pylist([{c: s[c] for c in SAMPLE_SCHEMA.names} for s in group], SAMPLE_SCHEMA)
+        table = pa.Table.from_pylist(
+            [{c: s[c] for c in SAMPLE_SCHEMA.names} for s in group], SAMPLE_SCHEMA
+        )
         pq.write_table(table, root / f"shards/{shard}.parquet")
         with tarfile.open(root / f"shards/{shard}.tar", "w") as tar:
             for s in group:
@@ -212,7 +228,9 @@ def test_status_reason_and_source_totals_match_rows(built, capsys):
     # fetch_failed has more reasons than are shown: the ten largest, then the rest summed
     fetch = collections.Counter(r["reason"] for r in rows if r["status"] == "fetch_failed")
     ranked = sorted(fetch.items(), key=lambda kv: (-kv[1], kv[0]))
-    shown = [(r["reason"], r["rows"]) for r in tables["reasons"]["rows"] if r["status"] == "fetch_failed"]
+    shown = [
+        (r["reason"], r["rows"]) for r in tables["reasons"]["rows"] if r["status"] == "fetch_failed"
+    ]
     rest = ranked[10:]
     assert shown == ranked[:10] + [(f"({len(rest)} other reasons)", sum(n for _, n in rest))]
     for src in tables["sources"]["rows"]:
@@ -317,10 +335,14 @@ def test_sql_over_views(built, capsys):
     sql = "SELECT shard, samples, parquet_rows FROM shards ORDER BY shard"
     code, out, _ = run_cli(capsys, built["root"], "--sql", sql, "--format", "csv")
     per_shard = collections.Counter(s["shard"] for s in built["samples"])
-    assert list(csv.reader(io.StringIO(out)))[1:] == [[k, str(v), str(v)] for k, v in sorted(per_shard.items())]
+    assert list(csv.reader(io.StringIO(out)))[1:] == [
+        [k, str(v), str(v)] for k, v in sorted(per_shard.items())
+    ]
     sql = "SELECT query FROM query_counts WHERE matched = 0 ORDER BY query"
     code, out, _ = run_cli(capsys, built["root"], "--sql", sql, "--format", "json")
-    assert [r["query"] for r in json.loads(out)] == sorted(c["query"] for c in built["counts"] if c["matched"] == 0)
+    assert [r["query"] for r in json.loads(out)] == sorted(
+        c["query"] for c in built["counts"] if c["matched"] == 0
+    )
     code, _, err = run_cli(capsys, built["root"], "--sql", "SELECT nope FROM status")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "SQL failed" in err
 
@@ -409,6 +431,17 @@ def test_corrupt_or_missing_files_give_one_line_error(out_copy, capsys):
     _one_line_error(capsys, out_copy / "nowhere", "nowhere")
 
 
+def test_damaged_column_data_behind_a_sound_footer_is_named(out_copy, capsys):
+    part = out_copy / "status/part-00000.parquet"
+    chunk = pq.read_metadata(part).row_group(0).column(STATUS_SCHEMA.names.index("caption"))
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    data = bytearray(part.read_bytes())
+    mid = start + chunk.total_compressed_size // 2
+    data[mid : mid + 200] = b"\xab" * 200  # the footer stays valid; the pages do not
+    part.write_bytes(bytes(data))
+    _one_line_error(capsys, out_copy, str(part))
+
+
 def test_wrong_schema_and_manifest_problems_are_named(out_copy, capsys):
     (out_copy / "manifest.json").write_text("{not json")
     _one_line_error(capsys, out_copy, "manifest.json")
@@ -442,3 +475,61 @@ def test_no_fetch_build_without_shards_and_with_pages(out_copy, capsys, tmp_path
         {"status": "not_html", "pages": 1, "images_found": 0},
     ]
     assert _png_size(tmp_path / "p/image_size.png") == (1000, 600)
+
+
+def test_every_sql_example_in_the_docs_runs(built, capsys):
+    doc = (pathlib.Path(__file__).resolve().parents[1] / "docs/sql-examples.md").read_text()
+    blocks = re.findall(r"```sql\n(.*?)```", doc, re.S)
+    assert len(blocks) >= 15
+    results = {}
+    for sql in blocks:
+        code, out, err = run_cli(capsys, built["root"], "--sql", sql, "--format", "json")
+        assert code == 0, (sql, err)
+        results[sql] = json.loads(out)
+    by_start = {sql.split("\n")[0]: rows for sql, rows in results.items()}
+    # the checks the page says must come out empty or zero do so on a sound build
+    assert (
+        by_start["SELECT uid, count(*) AS n FROM status GROUP BY uid HAVING count(*) > 1 LIMIT 10"]
+        == []
+    )
+    assert by_start["SELECT query, selected FROM query_counts"] == []
+    consistency = next(r for s, r in results.items() if "kept_without_sample" in s)
+    assert consistency == [{"kept_without_sample": 0, "sample_without_kept": 0}]
+    statuses = by_start["SELECT status, count(*) AS n, round(100 * n / sum(n) OVER (), 2) AS pct"]
+    assert {r["status"]: r["n"] for r in statuses} == collections.Counter(
+        r["status"] for r in built["rows"]
+    )
+    dog = by_start["SELECT key, shard, caption, url FROM samples"]
+    assert dog and all(re.search(r"\bdog\b", r["caption"].lower()) for r in dog)
+
+
+def test_histogram_quantiles_equal_numpy_inverted_cdf():
+    np = pytest.importorskip("numpy")
+    from pipeline.stats.report import quantile_from_histogram
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 100, 1001):
+        values = rng.integers(0, 40, size=n)
+        hist = list(collections.Counter(values.tolist()).items())
+        for q in (0.0, 0.1, 0.5, 0.9, 0.99, 1.0):
+            want = np.percentile(values, 100 * q, method="inverted_cdf")
+            assert quantile_from_histogram(hist, q) == want
+    assert quantile_from_histogram([], 0.5) is None
+
+
+def test_command_line_entry_point(built, tmp_path):
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "pipeline.stats.cli"]
+    ok = subprocess.run(cmd + [str(built["root"]), "--sql", "SELECT count(*) AS n FROM status",
+                               "--format", "csv"], cwd=root, capture_output=True, text=True)  # fmt: skip
+    assert ok.returncode == 0 and ok.stdout.splitlines() == ["n", str(len(built["rows"]))]
+    bad = subprocess.run(
+        cmd + [str(tmp_path / "missing")], cwd=root, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.strip().splitlines() == [
+        f"wit-stats: OUT folder not found: {tmp_path / 'missing'}"
+    ]

@@ -63,7 +63,11 @@ def shared_captions() -> dict[str, list[str]]:
         cc = [line.rstrip("\r\n").split("\t")[0] for line in f if line.strip()]
     with open(flickr, encoding="utf-8", newline="") as f:
         fl = [row["caption"] for row in csv.DictReader(f)]
-    la = [t for t in pq.read_table(laion, columns=["TEXT"]).column("TEXT").to_pylist() if t is not None]
+    la = [
+        t
+        for t in pq.read_table(laion, columns=["TEXT"]).column("TEXT").to_pylist()
+        if t is not None
+    ]
     return {"cc3m": cc, "flickr8k": fl, "laion": la}
 
 
@@ -90,8 +94,9 @@ def test_ids_equal_open_clip_on_edge_cases(ours, ref, context_length):
 
 
 def test_fast_ascii_path_equals_the_full_cleaning():
-    import ftfy
     import html
+
+    import ftfy
 
     for text in ["Plain ASCII caption, with (punctuation)!", "UPPER lower 123", "  spaced  out  "]:
         full = " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).split()).lower()

@@ -89,7 +89,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(corpus):
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (broken / "checkpoints" / "step_000024.pt").exists()
     killed_at = load_weights(broken / "checkpoints" / "latest.pt")["step"]
-    assert 12 <= killed_at < 24
+    assert 6 <= killed_at < 24  # latest.pt may still be step 6 if the kill fell between writes
 
     resumed = subprocess.run(
         train_cmd(shards, config, str(broken), "--resume"),

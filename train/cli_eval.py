@@ -336,12 +336,24 @@ def _clean(obj):
     return obj
 
 
+def _check_early(args, checkpoints: list[str]) -> None:
+    """Fail on a missing checkpoint or bad templates before any image is read."""
+    from train.checkpoint import resolve
+    from train.eval.zeroshot import load_templates
+
+    for path in checkpoints:
+        resolve(path)
+    if getattr(args, "templates", None):
+        load_templates(args.templates)
+
+
 def run(args) -> dict:
     """Run one task and return what --out writes."""
     started = time.monotonic()
     checkpoints = list(dict.fromkeys(args.checkpoint + args.compare))
     if args.task != "overlap" and not checkpoints:
         raise ValueError("give --checkpoint CKPT (and --compare CKPT ... to compare)")
+    _check_early(args, checkpoints)
     data = _load_data(args)
     meta = {"task": args.task, "dataset": args.dataset}
     if args.task == "overlap":
@@ -363,7 +375,7 @@ def run(args) -> dict:
                 f"{first['classes']} classes (chance top-1 {100 / first['classes']:.2f}%), "
                 f"{first['templates']} template(s), {first['ensemble']} ensembling"
             )
-            meta["templates"] = args.templates
+            meta["template_set"] = args.templates
         if args.task == "probe":
             print(f"split: {first['split']}; l2 chosen on validation")
         for path, res in results.items():

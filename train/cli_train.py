@@ -124,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="class-per-folder image dataset for zero-shot evaluation during training",
     )
     log.add_argument(
+        "--zeroshot-templates",
+        default="a photo of a {}.",
+        help="prompt template, or a templates file/name for an ensemble",
+    )
+    log.add_argument(
         "--zeroshot-every", type=int, default=0, help="evaluate every N steps (0: never)"
     )
     return p

@@ -70,7 +70,9 @@ def load_config(name_or_path: str | pathlib.Path | dict, **overrides) -> dict:
         if not path.is_file():
             path = pathlib.Path(text)
         if not path.is_file():
-            raise ValueError(f"unknown model {text!r}: not a file; known names: {', '.join(list_models())}")
+            raise ValueError(
+                f"unknown model {text!r}: not a file; known names: {', '.join(list_models())}"
+            )
         try:
             cfg = json.loads(path.read_text())
         except (OSError, ValueError) as e:
@@ -85,26 +87,41 @@ def load_config(name_or_path: str | pathlib.Path | dict, **overrides) -> dict:
         raise ValueError(f"unknown model config field(s): {', '.join(unknown)}")
     bad = sorted(set(overrides) - set(DEFAULTS))
     if bad:
-        raise ValueError(f"unknown model override(s): {', '.join(bad)}; fields: {', '.join(DEFAULTS)}")
+        raise ValueError(
+            f"unknown model override(s): {', '.join(bad)}; fields: {', '.join(DEFAULTS)}"
+        )
     cfg = {**DEFAULTS, **cfg, **overrides}
     _validate(cfg)
     return cfg
 
 
 def _validate(cfg: dict) -> None:
-    required = ["embed_dim", "image_size", "vision_layers", "vision_width", "text_width", "text_layers"]
+    required = [
+        "embed_dim",
+        "image_size",
+        "vision_layers",
+        "vision_width",
+        "text_width",
+        "text_layers",
+    ]
     missing = [k for k in required if cfg[k] is None]
     if missing:
         raise ValueError(f"model config lacks {', '.join(missing)}")
     resnet = isinstance(cfg["vision_layers"], (list, tuple))
     if cfg["vision_heads"] is None:
-        cfg["vision_heads"] = cfg["vision_width"] * 32 // 64 if resnet else max(1, cfg["vision_width"] // 64)
+        cfg["vision_heads"] = (
+            cfg["vision_width"] * 32 // 64 if resnet else max(1, cfg["vision_width"] // 64)
+        )
     if cfg["text_heads"] is None:
         cfg["text_heads"] = max(1, cfg["text_width"] // 64)
     if not resnet and not cfg["vision_patch_size"]:
-        raise ValueError("a ViT config needs vision_patch_size (or give vision_layers as 4 ResNet stages)")
+        raise ValueError(
+            "a ViT config needs vision_patch_size (or give vision_layers as 4 ResNet stages)"
+        )
     if cfg["text_width"] % cfg["text_heads"]:
-        raise ValueError(f"text_width {cfg['text_width']} is not divisible by text_heads {cfg['text_heads']}")
+        raise ValueError(
+            f"text_width {cfg['text_width']} is not divisible by text_heads {cfg['text_heads']}"
+        )
     if not resnet and cfg["vision_width"] % cfg["vision_heads"]:
         raise ValueError(
             f"vision_width {cfg['vision_width']} is not divisible by vision_heads {cfg['vision_heads']}"

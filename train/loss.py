@@ -41,7 +41,10 @@ class ClipLoss(nn.Module):
         self.gather_with_grad = gather_with_grad
 
     def forward(
-        self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale_exp: torch.Tensor
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale_exp: torch.Tensor,
     ) -> torch.Tensor:
         if image_features.shape != text_features.shape:
             raise ValueError(
@@ -50,11 +53,17 @@ class ClipLoss(nn.Module):
             )
         n = image_features.shape[0]
         if self.world_size > 1:
-            all_images = gather_features(image_features, self.rank, self.world_size, self.gather_with_grad)
-            all_texts = gather_features(text_features, self.rank, self.world_size, self.gather_with_grad)
+            all_images = gather_features(
+                image_features, self.rank, self.world_size, self.gather_with_grad
+            )
+            all_texts = gather_features(
+                text_features, self.rank, self.world_size, self.gather_with_grad
+            )
         else:
             all_images, all_texts = image_features, text_features
         logits_per_image = logit_scale_exp * image_features @ all_texts.T
         logits_per_text = logit_scale_exp * text_features @ all_images.T
         labels = torch.arange(n, device=image_features.device) + n * self.rank
-        return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+        return (
+            F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)
+        ) / 2

@@ -25,7 +25,9 @@ class LayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        out = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
+        out = F.layer_norm(
+            x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps
+        )
         return out.to(dtype)
 
 
@@ -47,7 +49,11 @@ class ResidualAttentionBlock(nn.Module):
         act = QuickGELU() if quick_gelu else nn.GELU()
         self.mlp = nn.Sequential(
             OrderedDict(
-                [("c_fc", nn.Linear(width, width * 4)), ("gelu", act), ("c_proj", nn.Linear(width * 4, width))]
+                [
+                    ("c_fc", nn.Linear(width, width * 4)),
+                    ("gelu", act),
+                    ("c_proj", nn.Linear(width * 4, width)),
+                ]
             )
         )
 

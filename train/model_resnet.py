@@ -41,7 +41,10 @@ class Bottleneck(nn.Module):
                 OrderedDict(
                     [
                         ("-1", nn.AvgPool2d(stride)),
-                        ("0", nn.Conv2d(inplanes, planes * self.expansion, 1, stride=1, bias=False)),
+                        (
+                            "0",
+                            nn.Conv2d(inplanes, planes * self.expansion, 1, stride=1, bias=False),
+                        ),
                         ("1", nn.BatchNorm2d(planes * self.expansion)),
                     ]
                 )
@@ -61,7 +64,9 @@ class AttentionPool2d(nn.Module):
     def __init__(self, spatial_dim: int, embed_dim: int, num_heads: int, output_dim: int):
         super().__init__()
         if embed_dim % num_heads:
-            raise ValueError(f"attention pool width {embed_dim} is not divisible by {num_heads} heads")
+            raise ValueError(
+                f"attention pool width {embed_dim} is not divisible by {num_heads} heads"
+            )
         self.positional_embedding = nn.Parameter(
             torch.randn(spatial_dim * spatial_dim + 1, embed_dim) / embed_dim**0.5
         )
@@ -114,12 +119,16 @@ def _frozen_batchnorm_stats(module: nn.Module):
 class ModifiedResNet(nn.Module):
     """Images [N, 3, S, S] -> features [N, output_dim]; S must be a multiple of 32."""
 
-    def __init__(self, layers: list[int], output_dim: int, heads: int, image_size: int, width: int = 64):
+    def __init__(
+        self, layers: list[int], output_dim: int, heads: int, image_size: int, width: int = 64
+    ):
         super().__init__()
         if len(layers) != 4:
             raise ValueError(f"ModifiedResNet needs 4 stage depths, got {layers}")
         if image_size % 32:
-            raise ValueError(f"ModifiedResNet image_size must be a multiple of 32, got {image_size}")
+            raise ValueError(
+                f"ModifiedResNet image_size must be a multiple of 32, got {image_size}"
+            )
         self.image_size = image_size
         self.grad_checkpointing = False
         half = width // 2
@@ -153,7 +162,12 @@ class ModifiedResNet(nn.Module):
     def init_parameters(self) -> None:
         """OpenAI's init: attention-pool projections scaled by fan-in, last BN of each block at 0."""
         std = self.attnpool.c_proj.in_features**-0.5
-        for proj in (self.attnpool.q_proj, self.attnpool.k_proj, self.attnpool.v_proj, self.attnpool.c_proj):
+        for proj in (
+            self.attnpool.q_proj,
+            self.attnpool.k_proj,
+            self.attnpool.v_proj,
+            self.attnpool.c_proj,
+        ):
             nn.init.normal_(proj.weight, std=std)
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in stage:

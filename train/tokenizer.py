@@ -25,6 +25,7 @@ import pathlib
 from collections.abc import Iterable
 
 import ftfy
+import numpy as np
 import regex
 import torch
 
@@ -32,13 +33,18 @@ SOT = "<start_of_text>"
 EOT = "<end_of_text>"
 OPENAI_MERGES = 49152 - 256 - 2  # merges OpenAI's vocabulary uses from its file (48,894)
 OPENAI_BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
-_CACHE_LIMIT = 1_000_000
+_CACHE_LIMIT = 1_000_000  # pieces cached at most
+_LONG_TEXT = 2_000  # characters beyond which encoding stops early
 
 
 def bytes_to_unicode() -> dict[int, str]:
     """Map each byte to a printable character: printable Latin-1 bytes to themselves, the rest
     (control, space, ...) to code points from 256 up, so BPE never sees whitespace."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    keep = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     table = {b: chr(b) for b in keep}  # insertion order is the vocabulary order
     for b in range(256):
         if b not in table:
@@ -77,7 +83,9 @@ def _symbols() -> list[str]:
 class BPETokenizer:
     """Callable: `tok(list_of_str, context_length=77) -> LongTensor[N, context_length]` (0-padded)."""
 
-    def __init__(self, merges: list[tuple[str, str]], context_length: int = 77, name: str = "learned"):
+    def __init__(
+        self, merges: list[tuple[str, str]], context_length: int = 77, name: str = "learned"
+    ):
         self.merges = [tuple(m) for m in merges]
         self.name = name
         self.context_length = int(context_length)
@@ -92,10 +100,11 @@ class BPETokenizer:
 
     # -- construction -------------------------------------------------------------------
     @classmethod
-    def from_merges_file(cls, path: str | os.PathLike, n_merges: int = OPENAI_MERGES, **kw) -> BPETokenizer:
+    def from_merges_file(
+        cls, path: str | os.PathLike, n_merges: int = OPENAI_MERGES, **kw
+    ) -> BPETokenizer:
         """OpenAI's format: a `#version` header line, then one `a b` merge a line (plain or .gz)."""
         return cls(list(_read_merges(str(path), n_merges)), **kw)
-
 
     def spec(self) -> dict:
         """Plain JSON-able dict that get_tokenizer() turns back into this tokenizer."""
@@ -136,26 +145,32 @@ class BPETokenizer:
             word = merged
         return tuple(self.encoder[s] for s in word)
 
+    def _piece_ids(self, piece: str) -> tuple[int, ...]:
+        hit = self._cache.get(piece)
+        if hit is None:
+            hit = self._bpe("".join(BYTE_TO_CHAR[b] for b in piece.encode("utf-8")))
+            if len(self._cache) >= _CACHE_LIMIT:  # bound memory on endless corpora
+                self._cache.clear()
+                self._cache.update({SOT: (self.sot_id,), EOT: (self.eot_id,)})
+            self._cache[piece] = hit
+        return hit
+
     def encode(self, text: str, max_tokens: int | None = None) -> list[int]:
         """Ids of `text` without start/end tokens; stops once `max_tokens` ids are known."""
         if not isinstance(text, str):
             raise TypeError(f"tokenizer input must be str, got {type(text).__name__}")
+        text = clean_text(text)
         ids: list[int] = []
-        cache = self._cache
-        for m in PIECE_RE.finditer(clean_text(text)):
-            piece = m.group()
-            hit = cache.get(piece)
-            if hit is None:
-                mapped = "".join(BYTE_TO_CHAR[b] for b in piece.encode("utf-8"))
-                hit = self._bpe(mapped)
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                    cache.update({SOT: (self.sot_id,), EOT: (self.eot_id,)})
-                cache[piece] = hit
-            ids.extend(hit)
-            if max_tokens is not None and len(ids) >= max_tokens:
-                return ids[:max_tokens]
-        return ids
+        cache, piece_ids = self._cache, self._piece_ids
+        if max_tokens is None or len(text) <= _LONG_TEXT:
+            for piece in PIECE_RE.findall(text):
+                ids += cache.get(piece) or piece_ids(piece)
+            return ids if max_tokens is None else ids[:max_tokens]
+        for match in PIECE_RE.finditer(text):  # long text: stop once the context is full
+            ids += piece_ids(match.group())
+            if len(ids) >= max_tokens:
+                break
+        return ids[:max_tokens]
 
     def __call__(self, texts: str | list[str], context_length: int | None = None) -> torch.Tensor:
         if isinstance(texts, str):
@@ -163,26 +178,30 @@ class BPETokenizer:
         length = int(context_length or self.context_length)
         if length < 2:
             raise ValueError(f"context_length must be >= 2, got {length}")
-        rows = []
+        out = np.zeros((len(texts), length), dtype=np.int64)
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"text {i} is {type(text).__name__}, not str")
-            ids = [self.sot_id, *self.encode(text, max_tokens=length - 2), self.eot_id]
-            rows.append(ids + [0] * (length - len(ids)))
-        if not rows:
-            return torch.zeros(0, length, dtype=torch.long)
-        return torch.tensor(rows, dtype=torch.long)
+            ids = self.encode(text, max_tokens=length - 2)
+            out[i, 0] = self.sot_id
+            out[i, 1 : len(ids) + 1] = ids
+            out[i, len(ids) + 1] = self.eot_id
+        return torch.from_numpy(out)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ids, ignoring start/end tokens and anything after end-of-text."""
-        out = []
+        data = bytearray()
         for i in ids:
             i = int(i)
             if i == self.eot_id:
                 break
-            if i != self.sot_id:
-                out.append(self.decoder[i])
-        data = bytearray(CHAR_TO_BYTE[c] for c in "".join(out).replace("</w>", " "))
+            if i == self.sot_id:
+                continue
+            symbol = self.decoder[i]
+            word_end = symbol.endswith("</w>")
+            data.extend(CHAR_TO_BYTE[c] for c in (symbol[:-4] if word_end else symbol))
+            if word_end:
+                data.extend(b" ")
         return data.decode("utf-8", errors="replace").strip()
 
 
@@ -225,7 +244,9 @@ def find_openai_bpe(path: str | os.PathLike | None = None) -> pathlib.Path:
     return path
 
 
-def openai_tokenizer(bpe_path: str | os.PathLike | None = None, context_length: int = 77) -> BPETokenizer:
+def openai_tokenizer(
+    bpe_path: str | os.PathLike | None = None, context_length: int = 77
+) -> BPETokenizer:
     return BPETokenizer.from_merges_file(
         find_openai_bpe(bpe_path), context_length=context_length, name="openai"
     )
@@ -234,7 +255,7 @@ def openai_tokenizer(bpe_path: str | os.PathLike | None = None, context_length: 
 def get_tokenizer(
     spec: str | os.PathLike | dict = "openai", bpe_path: str | os.PathLike | None = None
 ) -> BPETokenizer:
-    """"openai", a saved tokenizer (.json from tok.save) or merges file, or a dict from tok.spec()."""
+    """ "openai", a saved tokenizer (.json from tok.save) or merges file, or a dict from tok.spec()."""
     if isinstance(spec, dict):
         kind = spec.get("type")
         context_length = int(spec.get("context_length", 77))
@@ -245,7 +266,9 @@ def get_tokenizer(
             if any(len(m) != 2 for m in merges):
                 raise ValueError("tokenizer spec has a malformed merge (expected 'a b')")
             return BPETokenizer(merges, context_length, name=spec.get("name", "learned"))
-        raise ValueError(f"not a tokenizer spec: type={kind!r} (expected 'openai' or 'bpe' with merges)")
+        raise ValueError(
+            f"not a tokenizer spec: type={kind!r} (expected 'openai' or 'bpe' with merges)"
+        )
     if str(spec) == "openai":
         return openai_tokenizer(bpe_path)
     path = pathlib.Path(spec)
@@ -259,7 +282,9 @@ def get_tokenizer(
         if not isinstance(data, dict):
             raise ValueError(f"tokenizer file {path} does not hold a tokenizer spec")
         return get_tokenizer(data, bpe_path)
-    return BPETokenizer.from_merges_file(path, name="openai" if path.name == OPENAI_BPE_FILE else "file")
+    return BPETokenizer.from_merges_file(
+        path, name="openai" if path.name == OPENAI_BPE_FILE else "file"
+    )
 
 
 # -- learning a vocabulary ----------------------------------------------------------------
@@ -276,7 +301,9 @@ def learn_tokenizer(
 
     n_merges = int(vocab_size) - 512 - 2
     if n_merges < 0:
-        raise ValueError(f"vocab_size must be at least 514 (bytes, bytes+</w>, 2 specials), got {vocab_size}")
+        raise ValueError(
+            f"vocab_size must be at least 514 (bytes, bytes+</w>, 2 specials), got {vocab_size}"
+        )
     specials = {SOT, EOT}
 
     def pieces():

@@ -10,8 +10,6 @@ normalize with the mean and std OpenAI computed on its training images.
 from __future__ import annotations
 
 from PIL import Image
-from torchvision import transforms as T
-from torchvision.transforms import InterpolationMode
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -24,9 +22,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def image_transform(image_size: int, is_train: bool):
     """The callable to apply to each PIL image; its randomness comes from torch's RNG."""
+    # torchvision is imported here so that `import train` stays light (DDP workers, CLIs).
+    from torchvision import transforms as T
+    from torchvision.transforms import InterpolationMode
+
     size = int(image_size)
+    if size < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    bicubic = InterpolationMode.BICUBIC
     if is_train:
-        geometry = [T.RandomResizedCrop(size, scale=TRAIN_CROP_SCALE, interpolation=InterpolationMode.BICUBIC)]
+        geometry = [T.RandomResizedCrop(size, scale=TRAIN_CROP_SCALE, interpolation=bicubic)]
     else:
-        geometry = [T.Resize(size, interpolation=InterpolationMode.BICUBIC), T.CenterCrop(size)]
+        geometry = [T.Resize(size, interpolation=bicubic), T.CenterCrop(size)]
     return T.Compose([to_rgb, *geometry, T.ToTensor(), T.Normalize(OPENAI_MEAN, OPENAI_STD)])

@@ -15,7 +15,8 @@ import duckdb
 
 from pipeline.stats.layout import StatsInputError, load_layout
 from pipeline.stats.render import render_report, render_rows
-from pipeline.stats.report import Table, build_report, plain
+from pipeline.stats.report import build_report
+from pipeline.stats.tables import Table, plain
 from pipeline.stats.views import VIEW_NAMES, connect
 
 EXIT_OK, EXIT_CAP_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -77,13 +78,23 @@ def _first_line(exc: BaseException) -> str:
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    layout = load_layout(args.out, need_manifest=args.sql is None and args.cap is None)
+    wants_report = args.sql is None or args.plots is not None
+    layout = load_layout(args.out, need_manifest=wants_report and args.cap is None)
     con = connect(layout)
+    try:
+        cap, balance = _cap_and_balance(layout, args.cap)
+    except StatsInputError:
+        if wants_report:
+            raise
+        cap, balance = None, None  # plain SQL needs no cap
+    else:
+        # SQL can compare against the build's cap: getvariable('per_query_cap')
+        con.execute(f"SET VARIABLE per_query_cap = {int(cap)}")
+        con.execute("SET VARIABLE balance = '" + balance.replace("'", "''") + "'")
     if args.sql is not None:
         code = _run_sql(con, args.sql, args.format)
         if args.plots is None:
             return code
-    cap, balance = _cap_and_balance(layout, args.cap)
     report = build_report(
         con,
         cap,
@@ -118,9 +129,10 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.cap is not None and args.cap < 0:
-        print("wit-stats: --cap must be >= 0", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    for flag, value in (("--cap", args.cap), ("--top", args.top)):
+        if value is not None and value < 0:
+            print(f"wit-stats: {flag} must be >= 0, got {value}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     try:
         return run(args)
     except StatsInputError as exc:
@@ -128,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except duckdb.Error as exc:
         print(f"wit-stats: reading {args.out} failed: {_first_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # e.g. --plots names a folder that cannot be written
+        print(f"wit-stats: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -111,7 +111,8 @@ def load_layout(out: str | pathlib.Path, need_manifest: bool = True) -> OutLayou
     if not counts_file.exists():
         raise StatsInputError(f"missing file {counts_file}")
     check_parquet(counts_file, QUERY_COUNTS_SCHEMA)
-    sample_files = sorted((root / "shards").glob("*.parquet"))
+    # a writer's temporary files start with a dot (`.00000.tar.tmp`); only finished ones count
+    sample_files = sorted(p for p in (root / "shards").glob("*.parquet") if p.name[0] != ".")
     sample_rows = {p.stem: check_parquet(p, SAMPLE_SCHEMA) for p in sample_files}
     page_files = sorted((root / "pages").glob("part-*.parquet"))
     for path in page_files:
@@ -145,7 +146,7 @@ def shard_table(layout: OutLayout) -> pa.Table:
     names = set(layout.sample_rows)
     names.update(pathlib.Path(n).stem for n in layout.sizes)
     if shard_dir.is_dir():
-        names.update(p.stem for p in shard_dir.glob("*.tar"))
+        names.update(p.stem for p in shard_dir.glob("*.tar") if p.name[0] != ".")
     rows = sorted(names)
     tar_bytes = []
     for name in rows:

@@ -16,7 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pipeline.stats.render import human, is_share
-from pipeline.stats.report import Report, Table
+from pipeline.stats.report import Report
+from pipeline.stats.tables import Table
 
 WIDTH_PX, HEIGHT_PX, DPI = 1000, 600, 100
 CAPTION_BIN = 5

@@ -11,7 +11,8 @@ import dataclasses
 import io
 import json
 
-from pipeline.stats.report import Report, Table
+from pipeline.stats.report import Report
+from pipeline.stats.tables import Table
 
 _SHARE_COLUMNS = {"share", "share_of_status", "yield"}
 _SHARE_WORDS = ("share", "rate", "yield")

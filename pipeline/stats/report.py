@@ -1,18 +1,20 @@
 """The default wit-stats report: plain SQL over the views, gathered into named tables.
 
-Every number comes from one DuckDB query over the parquet files; Python only arranges the
-rows, so the report is as fast as the scans and the SQL reads the way the docs describe.
+The 10-million-row status table is scanned three times in all: once into a small table
+of (source, status, reason) counts, once for caption lengths, once for `selected_by`.
+Every section is then a cheap query over those results or over the smaller tables.
 """
 
 from __future__ import annotations
 
-import decimal
 import math
 from dataclasses import dataclass, field
 
 import duckdb
 
 from pipeline.schema import STATUSES
+from pipeline.stats.compliance import Compliance, compliance_tables
+from pipeline.stats.tables import Table, ratio, rows_of
 
 #: Reasons shown per status; the rest are summed into one row (duplicate reasons are uids).
 REASONS_PER_STATUS = 10
@@ -21,34 +23,9 @@ SOURCES_SHOWN = 50
 
 
 @dataclass
-class Table:
-    """One section of the report: a title, column names and rows of plain values."""
-
-    name: str
-    title: str
-    columns: list[str]
-    rows: list[tuple]
-    note: str = ""
-
-    def as_dicts(self) -> list[dict]:
-        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
-
-
-@dataclass
-class Compliance:
-    """The cap check: `ok` is False only when the cap is enforced and broken."""
-
-    cap: int
-    balance: str
-    enforced: bool
-    over_cap_counts: int
-    over_cap_status: int
-    ok: bool
-    message: str
-
-
-@dataclass
 class Report:
+    """The sections in the order they are shown, and the outcome of the cap check."""
+
     tables: list[Table] = field(default_factory=list)
     compliance: Compliance | None = None
 
@@ -57,21 +34,6 @@ class Report:
             if t.name == name:
                 return t
         raise KeyError(name)
-
-
-def plain(value):
-    """DuckDB returns DECIMAL for some sums and averages; JSON and CSV want floats."""
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    return value
-
-
-def rows_of(con: duckdb.DuckDBPyConnection, sql: str, params=None) -> list[tuple]:
-    return [tuple(plain(v) for v in row) for row in con.execute(sql, params or []).fetchall()]
-
-
-def _ratio(num, den) -> float | None:
-    return None if not den else num / den
 
 
 #: Statuses given before matching: these rows never reached the query matcher.
@@ -102,7 +64,7 @@ def status_tables(con: duckdb.DuckDBPyConnection) -> tuple[Table, Table, int]:
     counts = dict(rows_of(con, "SELECT status, sum(n) FROM _status_groups GROUP BY status"))
     total = sum(counts.values())
     ordered = list(STATUSES) + sorted(s for s in counts if s not in STATUSES)
-    totals = [(s, counts.get(s, 0), _ratio(counts.get(s, 0), total)) for s in ordered]
+    totals = [(s, counts.get(s, 0), ratio(counts.get(s, 0), total)) for s in ordered]
     unknown = [s for s in counts if s not in STATUSES]
     note = f"statuses outside the closed set: {', '.join(unknown)}" if unknown else ""
     k = REASONS_PER_STATUS
@@ -121,7 +83,7 @@ def status_tables(con: duckdb.DuckDBPyConnection) -> tuple[Table, Table, int]:
     )
     order = {s: i for i, s in enumerate(ordered)}
     reasons.sort(key=lambda r: (order.get(r[0], len(order)), r[3]))
-    reason_rows = [(s, label, n, _ratio(n, counts.get(s, 0))) for s, label, n, _ in reasons]
+    reason_rows = [(s, label, n, ratio(n, counts.get(s, 0))) for s, label, n, _ in reasons]
     return (
         Table("status", "Candidates by status", ["status", "rows", "share"], totals, note),
         Table(
@@ -159,7 +121,7 @@ def source_table(con: duckdb.DuckDBPyConnection) -> Table:
         "sources",
         "Yield per source",
         ["source", "candidates", "matched", "kept", "yield"],
-        [(s, c, m, k, _ratio(k, c)) for s, c, m, k in shown],
+        [(s, c, m, k, ratio(k, c)) for s, c, m, k in shown],
     )
 
 
@@ -197,7 +159,7 @@ def query_tables(con: duckdb.DuckDBPyConnection, cap: int, top: int) -> tuple[Ta
             ("queries with no pair", zero_m, zero_s),
             ("queries at the cap (>= t)", cap_m, cap_s),
             ("pairs (sum over queries)", sum_m, sum_s),
-            ("tail share (queries with matched < t)", _ratio(tail_m, sum_m), _ratio(tail_s, sum_s)),
+            ("tail share (queries with matched < t)", ratio(tail_m, sum_m), ratio(tail_s, sum_s)),
             ("median per query", p50_m, p50_s),
             ("p90 per query", p90_m, p90_s),
             ("p99 per query", p99_m, p99_s),
@@ -216,92 +178,6 @@ def query_tables(con: duckdb.DuckDBPyConnection, cap: int, top: int) -> tuple[Ta
         ["query", "matched", "selected", "kept"],
         top_rows,
     )
-
-
-def compliance_tables(
-    con: duckdb.DuckDBPyConnection, cap: int, balance: str, top: int
-) -> tuple[Compliance, Table, Table]:
-    """Check that no query selected more than t, in the counts table and in status itself.
-
-    The status rows' `selected_by` lists are counted too, so a counts table that disagrees
-    with the rows it summarises is caught as well. Only `exact` balancing promises the
-    cap; under `metaclip` the draw is probabilistic and overshoot is reported, not failed.
-    """
-    con.execute(
-        """
-        CREATE OR REPLACE TEMP TABLE _selected_by_status AS
-        SELECT q AS query, count(*) AS selected
-        FROM (SELECT unnest(selected_by) AS q FROM status WHERE len(selected_by) > 0)
-        GROUP BY q
-        """
-    )
-    (row,) = rows_of(
-        con,
-        """
-        SELECT (SELECT coalesce(max(selected), 0) FROM query_counts),
-               (SELECT count(*) FROM query_counts WHERE selected > $1),
-               (SELECT coalesce(max(selected), 0) FROM _selected_by_status),
-               (SELECT count(*) FROM _selected_by_status WHERE selected > $1),
-               (SELECT count(*) FROM query_counts c FULL JOIN _selected_by_status s
-                    ON c.query = s.query
-                WHERE coalesce(c.selected, 0) <> coalesce(s.selected, 0))
-        """,
-        [cap],
-    )
-    max_c, over_c, max_s, over_s, disagree = row
-    enforced = balance == "exact"
-    broken = over_c > 0 or over_s > 0
-    if not broken:
-        result, message = "PASS", f"no query selected more than t = {cap}"
-    elif enforced:
-        result = "FAIL"
-        message = (
-            f"CAP COMPLIANCE FAILED: {max(over_c, over_s)} queries selected more than "
-            f"t = {cap} (max {max(max_c, max_s)}; counts table {over_c}, status rows {over_s})"
-        )
-    else:
-        result = "NOT ENFORCED"
-        message = (
-            f"{max(over_c, over_s)} queries selected more than t = {cap} "
-            f"(balance = {balance} is probabilistic; not a failure)"
-        )
-    compliance = Compliance(
-        cap, balance, enforced, over_c, over_s, not (broken and enforced), message
-    )
-    checks = Table(
-        "cap_compliance",
-        "Cap compliance",
-        ["check", "value"],
-        [
-            ("per-query cap t", cap),
-            ("balance", balance),
-            ("max selected (counts table)", max_c),
-            ("queries over t (counts table)", over_c),
-            ("max selected (status selected_by)", max_s),
-            ("queries over t (status selected_by)", over_s),
-            ("queries where counts and status disagree", disagree),
-            ("result", result),
-        ],
-        message,
-    )
-    over = rows_of(
-        con,
-        """
-        SELECT coalesce(c.query, s.query) AS query, c.selected, s.selected
-        FROM query_counts c FULL JOIN _selected_by_status s ON c.query = s.query
-        WHERE coalesce(c.selected, 0) > $1 OR coalesce(s.selected, 0) > $1
-        ORDER BY greatest(coalesce(c.selected, 0), coalesce(s.selected, 0)) DESC, 1
-        LIMIT $2
-        """,
-        [cap, top],
-    )
-    over_table = Table(
-        "over_cap",
-        "Queries over the cap",
-        ["query", "selected_counts", "selected_status"],
-        over,
-    )
-    return compliance, checks, over_table
 
 
 _DIST_COLUMNS = ["count", "min", "p10", "median", "p90", "max", "mean"]
@@ -424,10 +300,10 @@ def duplicate_table(con: duckdb.DuckDBPyConnection, total: int) -> Table:
         ["metric", "value"],
         [
             ("duplicate candidates (same url + caption)", dup_rows),
-            ("duplicate rate over candidates", _ratio(dup_rows, total)),
+            ("duplicate rate over candidates", ratio(dup_rows, total)),
             ("samples with an image hash", hashed),
             ("samples repeating an earlier image", hashed - distinct),
-            ("repeated image rate over samples", _ratio(hashed - distinct, hashed)),
+            ("repeated image rate over samples", ratio(hashed - distinct, hashed)),
         ],
     )
 
@@ -466,7 +342,7 @@ def build_report(
             ("out", out_name),
             ("candidates", total),
             ("kept", kept),
-            ("yield", _ratio(kept, total)),
+            ("yield", ratio(kept, total)),
             ("queries", dist.rows[0][1]),
             ("per-query cap t", cap),
             ("balance", balance),

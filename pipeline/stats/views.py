@@ -32,8 +32,7 @@ def connect(layout: OutLayout) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the OUT folder's views registered."""
     con = duckdb.connect(":memory:")
     con.execute(
-        "CREATE VIEW status AS SELECT * FROM read_parquet("
-        f"{_sql_list(layout.status_files)}, union_by_name = true)"
+        f"CREATE VIEW status AS SELECT * FROM read_parquet({_sql_list(layout.status_files)})"
     )
     con.execute(
         f"CREATE VIEW query_counts AS SELECT * FROM read_parquet({_sql_list([layout.counts_file])})"
@@ -42,14 +41,13 @@ def connect(layout: OutLayout) -> duckdb.DuckDBPyConnection:
         con.execute(
             "CREATE VIEW samples AS SELECT * EXCLUDE (filename), "
             "parse_filename(filename, true) AS shard FROM read_parquet("
-            f"{_sql_list(layout.sample_files)}, union_by_name = true, filename = true)"
+            f"{_sql_list(layout.sample_files)}, filename = true)"
         )
     else:
         _register_empty(con, "samples", SAMPLE_SCHEMA.append(pa.field("shard", pa.string())))
     if layout.page_files:
         con.execute(
-            "CREATE VIEW pages AS SELECT * FROM read_parquet("
-            f"{_sql_list(layout.page_files)}, union_by_name = true)"
+            f"CREATE VIEW pages AS SELECT * FROM read_parquet({_sql_list(layout.page_files)})"
         )
     else:
         _register_empty(con, "pages", PAGE_SCHEMA)

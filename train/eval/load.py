@@ -101,8 +101,13 @@ def eval_transform(model) -> Callable:
 
 
 def _progress(label: str, done: int, total: int, started: float) -> None:
+    """A self-overwriting line on a terminal; in a log, only the last update."""
+    tty = sys.stderr.isatty()
+    if not tty and done < total:
+        return
     rate = done / max(time.monotonic() - started, 1e-9)
-    print(f"\r{label}: {done}/{total} ({rate:.0f}/s)", end="", file=sys.stderr, flush=True)
+    end = "" if tty else "\n"
+    print(f"\r{label}: {done}/{total} ({rate:.0f}/s)", end=end, file=sys.stderr, flush=True)
 
 
 @torch.no_grad()
@@ -127,7 +132,7 @@ def image_features(
         kept += indices
         if progress:
             _progress("images", len(kept), len(items), started)
-    if progress:
+    if progress and sys.stderr.isatty():
         print(file=sys.stderr)
     if not feats:
         raise LoadError("no image could be read")

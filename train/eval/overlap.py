@@ -142,7 +142,7 @@ def scan_shards(
         counts["train_images"] += 1
         if len(hashes) >= block:
             flush()
-            if progress:
+            if progress and sys.stderr.isatty():
                 rate = counts["train_images"] / max(time.monotonic() - started, 1e-9)
                 print(
                     f"\rtrain images hashed: {counts['train_images']} ({rate:.0f}/s)",
@@ -152,7 +152,7 @@ def scan_shards(
                 )
     flush()
     if progress:
-        print(file=sys.stderr)
+        print(f"\rtrain images hashed: {counts['train_images']}", file=sys.stderr)
     return counts
 
 

@@ -58,8 +58,16 @@ def fit_logistic_regression(
         loss.backward()
         return loss
 
-    with torch.enable_grad():
-        opt.step(closure)
+    # Small problems run single-threaded: on a busy machine the thread hand-offs of each
+    # tiny L-BFGS step cost far more than the arithmetic.
+    threads = torch.get_num_threads()
+    if X.numel() * num_classes < 5_000_000:
+        torch.set_num_threads(1)
+    try:
+        with torch.enable_grad():
+            opt.step(closure)
+    finally:
+        torch.set_num_threads(threads)
     return W.detach(), b.detach()
 
 

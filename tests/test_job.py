@@ -1,0 +1,157 @@
+"""The whole wit-build job (--no-fetch) on the fixture corpus: invariants, labels, reruns."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import cli
+from pipeline.fixtures.candidates import KIND_STATUS, write_candidates
+from pipeline.fixtures.corpus import demo_queries, generate_images
+from pipeline.schema import QUERY_COUNTS_SCHEMA, STATUS_SCHEMA, STATUSES
+from pipeline.status_io import read_status
+
+IN_PROCESS = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
+BAD_TSV = (
+    "url\tcaption\n"
+    "http://127.0.0.1:9/x/1.jpg\ta small red circle on a white background\n"
+    "only one field\n"
+    "\n"
+    "http://127.0.0.1:9/x/2.jpg\tun petit circle orange sur un fond blanc, dessiné à la main avec amour\n"
+    "http://127.0.0.1:9/x/3.jpg\t\xff\n"
+)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("job")
+    generate_images(root / "corpus", n=120, size=24)
+    counts = write_candidates(root / "corpus", "http://127.0.0.1:9", root / "cands")
+    (root / "queries.txt").write_text("\n".join(demo_queries()) + "\n", encoding="utf-8")
+    (root / "cands" / "extra.tsv").write_text(BAD_TSV, encoding="utf-8")
+    (root / "cands" / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
+    n_rows = counts["parquet_rows"] + counts["page_images"] + 4  # 4 tsv rows (blank line is none)
+    return root, counts, n_rows
+
+
+def _run(root, out, *extra) -> int:
+    return cli.main([
+        "--querylist", str(root / "queries.txt"), "--out", str(out), "--no-fetch",
+        "--input", str(root / "cands" / "candidates.parquet"), "--input", str(root / "cands" / "pages"),
+        "--input", str(root / "cands" / "extra.tsv"), "--input", str(root / "cands" / "broken.parquet"),
+        *extra,
+    ])  # fmt: skip
+
+
+def _sorted_status(out):
+    return read_status(str(out)).sort_by("uid")
+
+
+@pytest.fixture(scope="module")
+def default_run(corpus):
+    root, _, _ = corpus
+    out = root / "out-default"
+    assert _run(root, out) == 0  # the default runner: multi-process FnApiRunner
+    return out
+
+
+def test_every_input_row_has_exactly_one_status(corpus, default_run):
+    _, _, n_rows = corpus
+    status = read_status(str(default_run))
+    assert status.schema == STATUS_SCHEMA
+    assert status.num_rows == n_rows
+    assert len(set(status["uid"].to_pylist())) == n_rows
+    assert set(status["status"].to_pylist()) <= set(STATUSES)
+
+
+def test_statuses_follow_the_fixture_labels(corpus, default_run):
+    root, counts, _ = corpus
+    labels = pq.read_table(root / "cands" / "labels.parquet").to_pylist()
+    status = read_status(str(default_run)).to_pylist()
+    source = str(root / "cands" / "candidates.parquet")
+    got = Counter(r["status"] for r in status if r["source"] == source)
+    want = Counter(KIND_STATUS.get(r["kind"], "kept") for r in labels)  # bad endpoints: selected
+    assert got == want
+    dups = [r for r in status if r["status"] == "duplicate"]
+    winners = {r["uid"] for r in status}
+    assert dups and all(r["reason"] in winners and r["uid"].startswith("row:") for r in dups)
+    pages = [r for r in status if "/pages/" in r["source"]]
+    assert len(pages) == counts["page_images"]
+    assert Counter(r["status"] for r in pages) == {"kept": counts["page_images"] - counts["page_junk_alt"],
+                                                   "caption_rejected": counts["page_junk_alt"]}  # fmt: skip
+    assert all(r["url"].startswith("http://127.0.0.1:9/images/") for r in pages)  # base href resolved
+
+
+def test_bad_rows_and_unreadable_files_are_recorded(corpus, default_run):
+    root, _, _ = corpus
+    rows = {r["url"]: r for r in read_status(str(default_run)).to_pylist() if r["source"].endswith("extra.tsv")}
+    assert len(rows) == 4
+    assert rows[None]["reason"] == "unreadable_row" and rows[None]["uid"].startswith("row:")
+    assert rows["http://127.0.0.1:9/x/1.jpg"]["status"] == "kept"
+    assert rows["http://127.0.0.1:9/x/2.jpg"]["status"] == "language_rejected"
+    assert rows["http://127.0.0.1:9/x/3.jpg"]["reason"] == "too_short"
+    manifest = json.loads((default_run / "manifest.json").read_text())
+    assert [u["path"] for u in manifest["inputs"]["unreadable"]] == [str(root / "cands" / "broken.parquet")]
+
+
+def test_manifest_counts_and_metrics(corpus, default_run):
+    _, _, n_rows = corpus
+    manifest = json.loads((default_run / "manifest.json").read_text())
+    status = read_status(str(default_run))
+    assert manifest["rows"] == n_rows and manifest["shards"] == []
+    assert manifest["totals"] == {s: status["status"].to_pylist().count(s) for s in STATUSES}
+    assert {k: v for k, v in manifest["metrics"].items() if v} == {k: v for k, v in manifest["totals"].items() if v}
+    assert manifest["versions"]["apache-beam"] and manifest["parameters"]["per_query_cap"] == 20000
+    counts = pq.read_table(default_run / "counts" / "query_counts.parquet")
+    assert counts.schema == QUERY_COUNTS_SCHEMA
+    assert sorted(counts["query"].to_pylist()) == sorted(demo_queries())
+    kept_rows = [r for r in status.to_pylist() if r["status"] == "kept"]
+    for row in counts.to_pylist():
+        assert row["selected"] <= row["matched"]
+        assert row["kept"] == sum(row["query"] in r["matched_queries"] for r in kept_rows)
+
+
+def test_rerun_on_another_runner_gives_identical_tables(corpus, default_run):
+    root, _, _ = corpus
+    out = root / "out-rerun"
+    assert _run(root, out, *IN_PROCESS) == 0
+    assert _sorted_status(out).equals(_sorted_status(default_run))
+    assert pq.read_table(out / "counts" / "query_counts.parquet").equals(
+        pq.read_table(default_run / "counts" / "query_counts.parquet"))  # fmt: skip
+    assert _run(root, out, *IN_PROCESS) == 0  # rerun into the same OUT: no leftovers
+    assert _sorted_status(out).equals(_sorted_status(default_run))
+
+
+@pytest.mark.parametrize("mode", ["exact", "metaclip"])
+def test_small_cap(corpus, mode):
+    root, _, n_rows = corpus
+    out = root / f"out-cap-{mode}"
+    assert _run(root, out, "--per-query-cap", "3", "--balance", mode, *IN_PROCESS) == 0
+    status = read_status(str(out))
+    assert status.num_rows == n_rows
+    counts = pq.read_table(out / "counts" / "query_counts.parquet").to_pylist()
+    statuses = Counter(status["status"].to_pylist())
+    assert statuses["not_selected"] > 0
+    if mode == "exact":
+        assert max(c["selected"] for c in counts) == 3
+    for r in status.to_pylist():
+        assert set(r["selected_by"]) <= set(r["matched_queries"])
+        assert (r["status"] == "kept") == bool(r["selected_by"])
+
+
+def test_command_line_errors_are_one_line(corpus, tmp_path, capsys):
+    root, _, _ = corpus
+    rc = cli.main(["--querylist", str(tmp_path / "missing.txt"), "--input", str(root / "cands" / "extra.tsv"),
+                   "--out", str(tmp_path / "o"), "--no-fetch"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "missing.txt" in err and len(err.splitlines()) == 1
+    rc = cli.main(["--querylist", str(root / "queries.txt"), "--input", str(tmp_path / "none-*.tsv"),
+                   "--out", str(tmp_path / "o"), "--no-fetch"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "matches no file" in err and len(err.splitlines()) == 1
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--querylist", "q", "--input", "x", "--out", "o", "--per-query-cap", "lots"])
+    assert exit_.value.code == 2
