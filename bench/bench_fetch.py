@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     print(
         f"| {'tool':40s} | {'images ok':>9s} | {'seconds':>8s} | {'images/s':>8s} | {'ratio':>5s} |"
     )
-    print(f"|{'-' * 42}|{'-' * 11}:|{'-' * 9}:|{'-' * 9}:|{'-' * 6}:|")
+    print(f"|{'-' * 42}|{'-' * 10}:|{'-' * 9}:|{'-' * 9}:|{'-' * 6}:|")
     for label, ok, seconds in results:
         rate = ok / seconds
         ratio = f"{rate / (base[1] / base[2]):.2f}" if base else "-"

@@ -25,7 +25,10 @@ NON_ENGLISH = pathlib.Path(__file__).with_name("lid_non_english.tsv")
 
 
 def english_sets(limit: int) -> dict[str, list[str]]:
-    cc3m = [line.split("\t")[0] for line in open(DATA / "captions" / "cc3m-validation.tsv", encoding="utf-8")]
+    cc3m = [
+        line.split("\t")[0]
+        for line in open(DATA / "captions" / "cc3m-validation.tsv", encoding="utf-8")
+    ]
     with open(DATA / "flickr8k-1k" / "captions.csv", encoding="utf-8", newline="") as f:
         flickr = [row["caption"] for row in csv.DictReader(f)]
     return {"cc3m": cc3m[:limit], "flickr8k": flickr[:limit]}

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.schema import QUERY_COUNTS_SCHEMA, SAMPLE_SCHEMA, STATUS_SCHEMA  # noqa: E402
 
+SHARD_SIZE = 10_000
 # Share of all candidates dropped before balancing, and of selected ones after it.
 EARLY = {"caption_rejected": 0.08, "duplicate": 0.07, "no_match": 0.50, "language_rejected": 0.05}
 LATE = {"fetch_failed": 0.15, "opted_out": 0.02, "blocked_address": 0.01, "image_rejected": 0.03}
@@ -110,80 +111,46 @@ def simulate(rng: np.random.Generator, rows: int, queries: int, cap: int) -> dic
                 counts=counts)  # fmt: skip
 
 
-def write_out(out: pathlib.Path, rows: int, queries: int, cap: int, parts: int, seed: int):
-    rng = np.random.default_rng(seed)
-    sim = simulate(rng, rows, queries, cap)
-    query_names = pc.binary_join_element_wise(
-        "q", pc.cast(pa.array(np.arange(queries)), pa.string()), ""
+def status_part(rng, sim: dict, lo: int, hi: int, kept_before: int, pools: dict) -> pa.Table:
+    """Rows lo..hi of the status table, every column filled from the simulation."""
+    status, offsets, occ_query = sim["status"][lo:hi], sim["offsets"], sim["occ_query"]
+    n = hi - lo
+    uid = hex_strings(rng, n)
+    reason = pa.nulls(n, pa.string())
+    for name, choices in REASONS.items():
+        mask = status == name
+        if mask.any():
+            picked = pa.array(np.array(choices)[rng.integers(0, len(choices), n)])
+            reason = pc.if_else(pa.array(mask), picked, reason)
+    # a duplicate's reason names the uid of the copy that won
+    dup = pa.array(status == "duplicate")
+    reason = pc.if_else(dup, uid.take(pa.array(rng.integers(0, n, n))), reason)
+    occ = slice(offsets[lo], offsets[hi])
+    names = pools["queries"]
+    matched = list_column(offsets[lo : hi + 1] - offsets[lo], names.take(pa.array(occ_query[occ])))
+    sel_mask = sim["selected"][occ]
+    sel_counts = np.bincount(sim["occ_row"][occ][sel_mask] - lo, minlength=n)
+    sel_offsets = np.concatenate([[0], np.cumsum(sel_counts)])
+    selected_by = list_column(sel_offsets, names.take(pa.array(occ_query[occ][sel_mask])))
+    kept = status == "kept"
+    shard_no = np.full(n, -1)
+    shard_no[kept] = (kept_before + np.arange(int(kept.sum()))) // SHARD_SIZE
+    kept_mask, none = pa.array(kept), pa.nulls(n, pa.string())
+    shard = pc.if_else(
+        kept_mask, pc.utf8_lpad(pc.cast(pa.array(shard_no), pa.string()), 5, "0"), none
     )
-    captions = caption_pool(rng, 50000)
-    sources = pa.array([f"s3://bucket/candidates/part-{i:04d}.parquet" for i in range(64)])
-    for sub in ("status", "counts", "shards"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    status, offsets, occ_query, selected = (
-        sim[k] for k in ("status", "offsets", "occ_query", "selected")
-    )
-    kept_before = 0
-    kept_uids, kept_rows_info = [], []
-    bounds = np.linspace(0, rows, parts + 1).astype(np.int64)
-    for part, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        n = int(hi - lo)
-        uid = hex_strings(rng, n)
-        st = pa.array(status[lo:hi].tolist(), pa.string())
-        reason = pa.nulls(n, pa.string())
-        for name, choices in REASONS.items():
-            mask = status[lo:hi] == name
-            if mask.any():
-                picked = pa.array(np.array(choices)[rng.integers(0, len(choices), n)])
-                reason = pc.if_else(pa.array(mask), picked, reason)
-        dup = pa.array(status[lo:hi] == "duplicate")
-        reason = pc.if_else(dup, uid.take(pa.array(rng.integers(0, n, n))), reason)
-        o_lo, o_hi = offsets[lo], offsets[hi]
-        occ = slice(o_lo, o_hi)
-        matched = list_column(
-            offsets[lo : hi + 1] - o_lo, query_names.take(pa.array(occ_query[occ]))
-        )
-        sel_mask = selected[occ]
-        sel_counts = np.bincount(sim["occ_row"][occ][sel_mask] - lo, minlength=n)
-        sel_offsets = np.concatenate([[0], np.cumsum(sel_counts)])
-        selected_by = list_column(sel_offsets, query_names.take(pa.array(occ_query[occ][sel_mask])))
-        kept = status[lo:hi] == "kept"
-        kept_idx = np.flatnonzero(kept)
-        shard_no = np.full(n, -1)
-        shard_no[kept_idx] = (kept_before + np.arange(len(kept_idx))) // 10000
-        kept_before += len(kept_idx)
-        kept_mask = pa.array(kept)
-        shard = pc.if_else(
-            kept_mask,
-            pc.utf8_lpad(pc.cast(pa.array(shard_no), pa.string()), 5, "0"),
-            pa.nulls(n, pa.string()),
-        )
-        key = pc.if_else(kept_mask, pc.utf8_slice_codeunits(uid, 0, 16), pa.nulls(n, pa.string()))
-        ids = pa.array(np.arange(lo, hi))
-        url = pc.binary_join_element_wise(
-            "https://img.example.com/", pc.cast(ids, pa.string()), ".jpg", ""
-        )
-        caption = captions.take(pa.array(rng.integers(0, len(captions), n)))
-        source = sources.take(pa.array(rng.integers(0, len(sources), n)))
-        table = pa.Table.from_arrays(
-            [uid, url, caption, source, st, reason, matched, selected_by, shard, key],
-            schema=STATUS_SCHEMA,
-        )
-        pq.write_table(table, out / f"status/part-{part:05d}.parquet")
-        kept_table = table.filter(kept_mask)
-        kept_uids.append(
-            kept_table.select(
-                ["key", "uid", "url", "caption", "matched_queries", "selected_by", "shard"]
-            )
-        )
-        kept_rows_info.append(len(kept_idx))
-    counts = pa.Table.from_arrays(
-        [query_names]
-        + [pa.array(sim["counts"][k].astype(np.int64)) for k in ("matched", "selected", "kept")],
-        schema=QUERY_COUNTS_SCHEMA,
-    )
-    pq.write_table(counts, out / "counts/query_counts.parquet")
-    samples = pa.concat_tables(kept_uids)
+    key = pc.if_else(kept_mask, pc.utf8_slice_codeunits(uid, 0, 16), none)
+    ids = pc.cast(pa.array(np.arange(lo, hi)), pa.string())
+    url = pc.binary_join_element_wise("https://img.example.com/", ids, ".jpg", "")
+    caption = pools["captions"].take(pa.array(rng.integers(0, len(pools["captions"]), n)))
+    source = pools["sources"].take(pa.array(rng.integers(0, len(pools["sources"]), n)))
+    columns = [uid, url, caption, source, pa.array(status.tolist(), pa.string()), reason,
+               matched, selected_by, shard, key]  # fmt: skip
+    return pa.Table.from_arrays(columns, schema=STATUS_SCHEMA)
+
+
+def write_samples(out: pathlib.Path, rng, samples: pa.Table) -> dict[str, int]:
+    """shards/NNNNN.parquet for the kept rows (sorted by shard); returns sizes.json."""
     m = samples.num_rows
     ow = rng.integers(120, 4000, m).astype(np.int32)
     oh = (ow * rng.uniform(0.5, 1.6, m)).astype(np.int32)
@@ -191,27 +158,57 @@ def write_out(out: pathlib.Path, rows: int, queries: int, cap: int, parts: int, 
     shard_col = samples.column("shard").to_numpy(zero_copy_only=False)
     cuts = np.flatnonzero(np.concatenate([[True], shard_col[1:] != shard_col[:-1], [True]]))
     for a, b in zip(cuts[:-1], cuts[1:], strict=True):
-        piece = samples.slice(a, b - a)
-        k = b - a
-        name = shard_col[a]
+        piece, k = samples.slice(a, b - a), int(b - a)
+        side = pa.array(np.full(k, 256, np.int32))
         table = pa.Table.from_arrays(
-            [piece["key"], piece["uid"], piece["url"], piece["caption"],
-             pa.array(np.full(k, 256, np.int32)), pa.array(np.full(k, 256, np.int32)),
+            [piece["key"], piece["uid"], piece["url"], piece["caption"], side, side,
              pa.array(ow[a:b]), pa.array(oh[a:b]), hex_strings(rng, k),
              piece["matched_queries"], piece["selected_by"]],
             schema=SAMPLE_SCHEMA,
         )  # fmt: skip
-        pq.write_table(table, out / f"shards/{name}.parquet")
-        sizes[f"{name}.tar"] = int(k)
+        pq.write_table(table, out / f"shards/{shard_col[a]}.parquet")
+        sizes[f"{shard_col[a]}.tar"] = k
+    return sizes
+
+
+def write_out(out: pathlib.Path, rows: int, queries: int, cap: int, parts: int, seed: int) -> int:
+    """Generate and write the whole OUT folder; returns the number of samples."""
+    rng = np.random.default_rng(seed)
+    sim = simulate(rng, rows, queries, cap)
+    pools = {
+        "queries": pc.binary_join_element_wise(
+            "q", pc.cast(pa.array(np.arange(queries)), pa.string()), ""
+        ),
+        "captions": caption_pool(rng, 50000),
+        "sources": pa.array([f"s3://bucket/candidates/part-{i:04d}.parquet" for i in range(64)]),
+    }
+    for sub in ("status", "counts", "shards"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    kept_before, kept_tables = 0, []
+    bounds = np.linspace(0, rows, parts + 1).astype(np.int64)
+    for part, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        table = status_part(rng, sim, int(lo), int(hi), kept_before, pools)
+        pq.write_table(table, out / f"status/part-{part:05d}.parquet")
+        kept = table.filter(pc.equal(table["status"], "kept"))
+        kept_before += kept.num_rows
+        kept_tables.append(
+            kept.select(["key", "uid", "url", "caption", "matched_queries", "selected_by", "shard"])
+        )
+    counts = [pa.array(sim["counts"][k].astype(np.int64)) for k in ("matched", "selected", "kept")]
+    pq.write_table(
+        pa.Table.from_arrays([pools["queries"], *counts], schema=QUERY_COUNTS_SCHEMA),
+        out / "counts/query_counts.parquet",
+    )
+    sizes = write_samples(out, rng, pa.concat_tables(kept_tables))
     (out / "sizes.json").write_text(json.dumps(sizes))
-    totals = dict(zip(*np.unique(status, return_counts=True), strict=True))
+    values, n = np.unique(sim["status"], return_counts=True)
     manifest = {
         "parameters": {"per_query_cap": cap, "balance": "exact", "seed": seed},
-        "totals": {str(k): int(v) for k, v in totals.items()},
+        "totals": {str(k): int(v) for k, v in zip(values, n, strict=True)},
         "shards": [{"name": k, "samples": v} for k, v in sizes.items()],
     }
     (out / "manifest.json").write_text(json.dumps(manifest))
-    return m
+    return sum(sizes.values())
 
 
 # Runs wit-stats in a fresh interpreter and reports VmHWM, the peak resident memory of

@@ -108,12 +108,12 @@ def main() -> None:
     ap.add_argument("--lid", default="fasttext")
     ap.add_argument("--workdir", default=None)
     args, beam_args = ap.parse_known_args()
-    import wordfreq
+    from bench_match import bench_queries
 
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="wit-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     qpath = work / "queries.txt"
-    qpath.write_text("\n".join(wordfreq.top_n_list("en", args.queries)) + "\n", encoding="utf-8")
+    qpath.write_text("\n".join(bench_queries(args.queries)) + "\n", encoding="utf-8")
     captions = real_captions()
     rows = []
     for n in args.sizes:

@@ -54,7 +54,11 @@ _POWERS = np.array([1 << (4 * (15 - i)) for i in range(16)], np.uint64)
 
 def uid_keys(uids: pa.ChunkedArray | pa.Array, first: bool = False) -> np.ndarray:
     """``uid_key`` for a whole column (``first``: the leading 16 hex digits instead)."""
-    sliced = pc.utf8_slice_codeunits(uids, start=0, stop=16) if first else pc.utf8_slice_codeunits(uids, start=-16)
+    sliced = (
+        pc.utf8_slice_codeunits(uids, start=0, stop=16)
+        if first
+        else pc.utf8_slice_codeunits(uids, start=-16)
+    )
     arr = sliced.combine_chunks() if isinstance(sliced, pa.ChunkedArray) else sliced
     offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset : arr.offset + len(arr) + 1]
     if len(arr) and (np.any(np.diff(offsets) != 16)):
@@ -71,7 +75,11 @@ def pair_hashes(query_keys: np.ndarray, uid_keys: np.ndarray) -> np.ndarray:
 
 def pair_hash(seed: int, query: str, uid: str) -> int:
     """hash(seed, query, uid) for one pair (the vectorized form is ``pair_hashes``)."""
-    return int(pair_hashes(np.array([query_key(seed, query)], np.uint64), np.array([uid_key(uid)], np.uint64))[0])
+    return int(
+        pair_hashes(
+            np.array([query_key(seed, query)], np.uint64), np.array([uid_key(uid)], np.uint64)
+        )[0]
+    )
 
 
 def pairs_by_query_bucket(table: pa.Table, n_buckets: int) -> list[tuple[int, pa.Table]]:

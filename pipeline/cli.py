@@ -14,11 +14,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(--runner, --direct_num_workers, ...) is passed through to Beam.",
     )
     p.add_argument("--querylist", required=True, help="querylist.parquet or .txt")
-    p.add_argument("--input", action="append", required=True, metavar="GLOB",
-                   help="candidate files (repeatable)")
+    p.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        metavar="GLOB",
+        help="candidate files (repeatable)",
+    )
     p.add_argument("--out", required=True, help="output folder OUT")
-    p.add_argument("--input-format", default="auto",
-                   choices=["auto", "parquet", "csv", "tsv", "jsonl", "warc", "wat", "html", "pages"])
+    p.add_argument(
+        "--input-format",
+        default="auto",
+        choices=["auto", "parquet", "csv", "tsv", "jsonl", "warc", "wat", "html", "pages"],
+    )
     p.add_argument("--url-col", default=None, help="URL column of tabular input")
     p.add_argument("--caption-col", default=None, help="caption column of tabular input")
     p.add_argument("--per-query-cap", type=int, default=20000, help="t: at most t pairs per query")
@@ -27,11 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lid", default="fasttext", choices=["fasttext", "langdetect", "none"])
     p.add_argument("--no-fetch", action="store_true", help="stop after balancing; kept = selected")
     p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--resize-mode", default="center_crop",
-                   choices=["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"])
+    p.add_argument(
+        "--resize-mode",
+        default="center_crop",
+        choices=["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"],
+    )
     p.add_argument("--shard-size", type=int, default=10000)
-    p.add_argument("--allow-private-addresses", action="store_true",
-                   help="switch off the address guard (local use and tests only)")
+    p.add_argument(
+        "--allow-private-addresses",
+        action="store_true",
+        help="switch off the address guard (local use and tests only)",
+    )
     return p
 
 
@@ -49,9 +63,8 @@ def _fetch_options(args):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
-    stray = [a for a in beam_args if not a.startswith("--") and "=" not in a]
-    if stray and all(not b.startswith("--") for b in beam_args[:1]):
-        parser.error(f"unexpected argument {stray[0]!r}")
+    if beam_args and not beam_args[0].startswith("-"):
+        parser.error(f"unexpected argument {beam_args[0]!r}")
     if args.per_query_cap < 1:
         parser.error("--per-query-cap must be at least 1")
     if args.input_format == "pages":

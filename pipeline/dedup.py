@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.schema import DUPLICATE
 from pipeline.normalize import row_uid
+from pipeline.schema import DUPLICATE
 from pipeline.status_io import N_BUCKETS, uid_buckets
 
 
@@ -58,8 +58,12 @@ def resolve_duplicates(table: pa.Table) -> tuple[pa.Table, pa.Table]:
             dup_reasons.append(won_by)
             dup_uids.append(row_uid(sources[i], rows[i]))
     dups = table.filter(pc.invert(mask))
-    dups = dups.set_column(dups.schema.get_field_index("uid"), "uid", pa.array(dup_uids, pa.string()))
+    dups = dups.set_column(
+        dups.schema.get_field_index("uid"), "uid", pa.array(dup_uids, pa.string())
+    )
     dups = dups.set_column(dups.schema.get_field_index("status"), "status",
                            pa.array([DUPLICATE] * dups.num_rows, pa.string()))  # fmt: skip
-    dups = dups.set_column(dups.schema.get_field_index("reason"), "reason", pa.array(dup_reasons, pa.string()))
+    dups = dups.set_column(
+        dups.schema.get_field_index("reason"), "reason", pa.array(dup_reasons, pa.string())
+    )
     return winners, dups

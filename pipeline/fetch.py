@@ -69,6 +69,7 @@ class FetchOptions:
     user_agent: str = DEFAULT_USER_AGENT
     allow_private_addresses: bool = False
     allowed_networks: tuple[str, ...] = ()
+    ca_bundle: str | None = None  # extra trust roots (a file); None = the usual bundle
     per_host_connections: int = 8
     threads: int = 32
     processes: int = 1
@@ -194,10 +195,6 @@ class HostLimiter:
                 if entry[1] == 0:
                     del self._hosts[host]
 
-    def active_hosts(self) -> int:
-        with self._lock:
-            return len(self._hosts)
-
 
 class RobotsCache:
     """robots.txt per origin, fetched once (even under concurrency) and kept LRU.
@@ -230,6 +227,8 @@ class RobotsCache:
         if owner:
             try:
                 entry[1] = self._load(origin)
+            except Exception as err:  # never let one odd robots.txt read as an opt-out
+                entry[1] = (FETCH_FAILED, f"robots_error {type(err).__name__}")
             finally:
                 entry[0].set()
         else:
@@ -356,7 +355,9 @@ class Fetcher:
             raise _Final(FETCH_FAILED, "deadline")
         timeout = (min(opts.connect_timeout, remaining), min(opts.read_timeout, remaining))
         try:
-            response = self.adapter.send(prepared, stream=True, timeout=timeout)
+            response = self.adapter.send(
+                prepared, stream=True, timeout=timeout, verify=opts.ca_bundle or True
+            )
         except BlockedAddress as err:
             raise _Final(BLOCKED_ADDRESS, str(err)) from err
         except requests.exceptions.SSLError as err:  # retrying will not fix a certificate

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -306,6 +307,7 @@ class PinnedAddressAdapter(HTTPAdapter):
         self._pools: RecentlyUsedContainer = RecentlyUsedContainer(
             max_pools, dispose_func=lambda pool: pool.close()
         )
+        self._pools_lock = threading.Lock()
 
     def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
         address = getattr(request, PINNED_ATTR, None)
@@ -318,23 +320,22 @@ class PinnedAddressAdapter(HTTPAdapter):
         host = host_params["host"]
         port = host_params["port"] or (443 if scheme == "https" else 80)
         key = (scheme, host, port, address, tuple(sorted(pool_kwargs.items())))
-        pool = self._pools.get(key)
-        if pool is None:
-            if scheme == "https":
-                pool = PinnedHTTPSConnectionPool(
-                    host,
-                    port,
-                    maxsize=self._pool_maxsize,
-                    pinned_address=address,
-                    **pool_kwargs,
-                )
-            elif scheme == "http":
-                pool = PinnedHTTPConnectionPool(
-                    host, port, maxsize=self._pool_maxsize, pinned_address=address
-                )
-            else:
-                raise BlockedAddress(f"unsupported scheme {scheme!r}")
-            self._pools[key] = pool
+        with self._pools_lock:  # two pools for one key would close each other's
+            return self._pools.get(key) or self._new_pool(key, pool_kwargs)
+
+    def _new_pool(self, key, pool_kwargs):
+        scheme, host, port, address, _ = key
+        if scheme == "https":
+            pool = PinnedHTTPSConnectionPool(
+                host, port, maxsize=self._pool_maxsize, pinned_address=address, **pool_kwargs
+            )
+        elif scheme == "http":
+            pool = PinnedHTTPConnectionPool(
+                host, port, maxsize=self._pool_maxsize, pinned_address=address
+            )
+        else:
+            raise BlockedAddress(f"unsupported scheme {scheme!r}")
+        self._pools[key] = pool
         return pool
 
     def close(self):

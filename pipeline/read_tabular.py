@@ -61,9 +61,7 @@ def pick_columns(names: list[str], url_col: str | None, caption_col: str | None)
         for option in options:
             if option in lowered:
                 return lowered[option]
-        raise InputError(
-            f"cannot find a {what} column among {', '.join(names)}; pass --{what}-col"
-        )
+        raise InputError(f"cannot find a {what} column among {', '.join(names)}; pass --{what}-col")
 
     return Columns(find(url_col, URL_NAMES, "url"), find(caption_col, CAPTION_NAMES, "caption"))
 
@@ -127,7 +125,9 @@ def read_parquet_unit(unit: dict) -> Iterator[pa.Table]:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         pf = pq.ParquetFile(f)
         cols = [unit["url_col"], unit["caption_col"]]
-        for rb in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[unit["row_group"]], columns=cols):
+        for rb in pf.iter_batches(
+            batch_size=BATCH_ROWS, row_groups=[unit["row_group"]], columns=cols
+        ):
             urls = [_as_text(v) for v in rb.column(0).to_pylist()]
             caps = [_as_text(v) for v in rb.column(1).to_pylist()]
             n = rb.num_rows
@@ -171,7 +171,9 @@ def plan_lines(path: str, fmt: str, url_col, caption_col) -> list[dict]:
     if _is_compressed(path):
         return [dict(base, start=0, end=None)]
     size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
-    return [dict(base, start=s, end=min(s + SPLIT_BYTES, size)) for s in range(0, size, SPLIT_BYTES)]
+    return [
+        dict(base, start=s, end=min(s + SPLIT_BYTES, size)) for s in range(0, size, SPLIT_BYTES)
+    ]
 
 
 def _lines_in_range(f, start: int, end: int | None) -> Iterator[tuple[int, bytes]]:

@@ -50,9 +50,14 @@ def images_in_html(html: bytes | str, page_url: str) -> list[tuple[str, str | No
 def page_url_of_html_file(html: bytes, path: str) -> str:
     """A local HTML file's URL: its canonical/og:url if it names one, else its file URI."""
     tree = HTMLParser(html)
-    for selector, attr in (('link[rel="canonical"]', "href"), ('meta[property="og:url"]', "content")):
+    for selector, attr in (
+        ('link[rel="canonical"]', "href"),
+        ('meta[property="og:url"]', "content"),
+    ):
         node = tree.css_first(selector)
-        if node is not None and (node.attributes.get(attr) or "").startswith(("http://", "https://")):
+        if node is not None and (node.attributes.get(attr) or "").startswith(
+            ("http://", "https://")
+        ):
             return node.attributes[attr]
     p = pathlib.Path(path)
     return p.resolve().as_uri() if p.exists() else path
@@ -111,8 +116,10 @@ def _pairs_from_wat(stream) -> Iterator[tuple[str, str | None]]:
             continue  # a metadata record that is not JSON carries no links
         env = meta.get("Envelope", {})
         page = env.get("WARC-Header-Metadata", {}).get("WARC-Target-URI", "")
-        html_meta = env.get("Payload-Metadata", {}).get("HTTP-Response-Metadata", {}).get(
-            "HTML-Metadata", {}
+        html_meta = (
+            env.get("Payload-Metadata", {})
+            .get("HTTP-Response-Metadata", {})
+            .get("HTML-Metadata", {})
         )
         base = html_meta.get("Head", {}).get("Base") or page
         base = _resolve(page, base) if page else base

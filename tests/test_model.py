@@ -66,6 +66,9 @@ def test_paper_config_matches_open_clip_layout_and_parameter_count(name):
     ref_shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
     assert ours_shapes == ref_shapes
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+    inferred = train.config_from_state_dict(ref.state_dict())
+    expected = {k: v for k, v in ours.config.items() if k not in ("name", "tokenizer")}
+    assert {k: inferred[k] for k in expected} == expected
     ref_cfg = open_clip.get_model_config(f"{name}-quickgelu")
     assert ours.image_size == ref_cfg["vision_cfg"]["image_size"]
     assert ours.config["embed_dim"] == ref_cfg["embed_dim"]
@@ -129,8 +132,9 @@ def test_text_features_come_from_the_end_token_and_ignore_what_follows():
 @pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn"])
 def test_grad_checkpointing_gives_the_same_gradients_and_bn_stats(name):
     torch.manual_seed(0)
-    # A small vocabulary and context keep this quick; the towers are the tiny configs'.
-    model = train.create_model(name, vocab_size=1000, context_length=16)
+    # A small vocabulary, context and ResNet width keep this quick on a shared CPU.
+    small = {"vision_width": 16} if name == "tiny-rn" else {}
+    model = train.create_model(name, vocab_size=1000, context_length=16, **small)
     tokens = torch.randint(1, 998, (3, 16))
     tokens[torch.arange(3), torch.tensor([5, 9, 15])] = 999  # end-of-text: the largest id
     images = torch.randn(3, 3, 64, 64)
@@ -193,6 +197,26 @@ def test_open_clip_json_config_is_accepted(tmp_path):
             "text_width",
         ):
             assert cfg[key] == ours[key], key
+
+
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn"])
+def test_foreign_checkpoint_wrappers_load_without_naming_a_config(name):
+    """open_clip training checkpoints ({"state_dict": {"module.*"}}) and OpenAI's metadata keys."""
+    model = train.create_model(name, vocab_size=600).eval()
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}
+    wrapped["state_dict"].update(input_resolution=torch.tensor(64), vocab_size=torch.tensor(600))
+    again = train.create_model_from_state_dict(wrapped).eval()
+    assert {k: again.config[k] for k in model.config if k != "name"} == {
+        k: model.config[k] for k in model.config if k != "name" and k != "tokenizer"
+    } | {"tokenizer": "openai"}
+    tokens = torch.randint(1, 598, (2, 77))
+    tokens[:, 9] = 599
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(model(images, tokens), again(images, tokens), strict=True):
+            torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="not a CLIP model"):
+        train.config_from_state_dict({"weight": torch.zeros(2)})
 
 
 def test_bad_config_file_gives_one_line_error(tmp_path):

@@ -27,7 +27,9 @@ def _slow_reference(raw: str) -> str:
 
 
 def test_fast_path_equals_full_repair_on_real_captions():
-    texts = pq.read_table(shared_path("captions", "img2dataset-test_10000.parquet"))["TEXT"].to_pylist()
+    texts = pq.read_table(shared_path("captions", "img2dataset-test_10000.parquet"))[
+        "TEXT"
+    ].to_pylist()
     cc3m = shared_path("captions", "cc3m-validation.tsv")
     texts += [line.split("\t")[0] for line in open(cc3m, encoding="utf-8")][:3000]
     texts = [t for t in texts if t]
@@ -101,7 +103,7 @@ def test_normalize_stage_in_beam():
         out = p | beam.Create([raw]) | NormalizeCaptions()
         accepted = out.accepted | "a" >> beam.FlatMap(lambda kv: kv[1]["caption"].to_pylist())
         rejected = out[FINAL] | "r" >> beam.FlatMap(
-            lambda t: list(zip(t["status"].to_pylist(), t["reason"].to_pylist()))
+            lambda t: list(zip(t["status"].to_pylist(), t["reason"].to_pylist(), strict=True))
         )
         assert_that(accepted, equal_to(["A red bus"]), label="accepted")
         assert_that(

@@ -87,10 +87,18 @@ def test_bad_rows_become_unreadable_rows(tmp_path):
         b'\xff\xfe bad utf8\n{"url": "http://a.org/2.jpg", "text": "x"}\n'
     )
     rows = rows_of(plan_inputs([str(jsonl)]))
-    assert [r["error"] for r in rows] == [None, "unreadable_row", "unreadable_row", "unreadable_row", None]
+    assert [r["error"] for r in rows] == [
+        None,
+        "unreadable_row",
+        "unreadable_row",
+        "unreadable_row",
+        None,
+    ]
     assert rows[4]["caption"] is None  # the caption column is "caption"; "text" is not read
     csv_path = tmp_path / "c.csv"
-    csv_path.write_text('url,caption\nhttp://a.org/1.jpg,"a, quoted\nnewline"\nonly-one-field\n', encoding="utf-8")
+    csv_path.write_text(
+        'url,caption\nhttp://a.org/1.jpg,"a, quoted\nnewline"\nonly-one-field\n', encoding="utf-8"
+    )
     rows = rows_of(plan_inputs([str(csv_path)]))
     assert rows[0]["caption"] == "a, quoted\nnewline"
     assert rows[1]["error"] == "unreadable_row"
@@ -135,7 +143,9 @@ def _warc_bytes(page: str, body: bytes, damaged: bool = False) -> bytes:
     buf = io.BytesIO()
     writer = WARCWriter(buf, gzip=True)
     headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")
-    writer.write_record(writer.create_warc_record(page, "response", payload=io.BytesIO(body), http_headers=headers))
+    writer.write_record(
+        writer.create_warc_record(page, "response", payload=io.BytesIO(body), http_headers=headers)
+    )
     data = buf.getvalue()
     return data + b"garbage that is not a WARC record\r\n\r\n" if damaged else data
 
@@ -162,7 +172,9 @@ def test_damaged_warc_keeps_rows_and_reports(tmp_path):
 
 
 def test_clipped_real_warc_does_not_crash():
-    rows = rows_of(plan_inputs([str(shared_path("warc", "resiliparse-clipped.warc.gz"))]), lambda p, m: None)
+    rows = rows_of(
+        plan_inputs([str(shared_path("warc", "resiliparse-clipped.warc.gz"))]), lambda p, m: None
+    )
     assert all(r["url"].startswith("http") for r in rows)
 
 
@@ -181,20 +193,26 @@ def test_wat_img_links(tmp_path):
     (tmp_path / "x.warc.wat.gz").write_bytes(buf.getvalue())
     rows = rows_of(plan_inputs([str(tmp_path / "x.warc.wat.gz")]))
     assert [(r["url"], r["caption"]) for r in rows] == [
-        ("https://img.s.org/base/x.jpg", "A red bus"), ("https://img.s.org/y.jpg", None)
+        ("https://img.s.org/base/x.jpg", "A red bus"),
+        ("https://img.s.org/y.jpg", None),
     ]
 
 
 def test_real_wat_reads_without_error():
     errors = []
-    rows_of(plan_inputs([str(shared_path("warc", "whirlwind.warc.wat.gz"))]), lambda p, m: errors.append(m))
+    rows_of(
+        plan_inputs([str(shared_path("warc", "whirlwind.warc.wat.gz"))]),
+        lambda p, m: errors.append(m),
+    )
     assert errors == []
 
 
 def test_html_folder(tmp_path):
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "a.html").write_text(
-        '<link rel="canonical" href="https://s.org/x/a.html"><img src="i.jpg" alt="A red bus">', encoding="utf-8")
+        '<link rel="canonical" href="https://s.org/x/a.html"><img src="i.jpg" alt="A red bus">',
+        encoding="utf-8",
+    )
     (tmp_path / "site" / "b.htm").write_text('<img src="/j.jpg" alt="B">', encoding="utf-8")
     rows = rows_of(plan_inputs([str(tmp_path / "site")]))
     # a page without a canonical URL resolves against its file URI (later rejected: bad_scheme)
@@ -217,7 +235,9 @@ def test_gzip_tsv_is_one_unit(tmp_path):
         f.write("caption\turl\na red bus\thttp://a.org/1.jpg\n")
     plan = plan_inputs([str(tmp_path / "c.tsv.gz")])
     assert len(plan.units) == 1
-    assert [(r["url"], r["caption"]) for r in rows_of(plan)] == [("http://a.org/1.jpg", "a red bus")]
+    assert [(r["url"], r["caption"]) for r in rows_of(plan)] == [
+        ("http://a.org/1.jpg", "a red bus")
+    ]
 
 
 def test_read_stage_in_beam_spreads_units(tmp_path):

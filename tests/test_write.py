@@ -483,3 +483,15 @@ def test_whole_job_on_real_photos_keeps_the_status_invariant(web, flickr_dir, tm
     assert by_url[web.url("/e/404")] == "fetch_failed"
     assert by_url[web.url("/e/noai.jpg")] == "opted_out"
     assert temp_files(out) == []
+
+
+def test_shards_beyond_this_runs_plan_are_left_out(web, flickr_dir, tmp_path, capsys):
+    photos = flickr_records(web, flickr_dir, n=8)
+    fetch_and_write_local(photos, str(tmp_path), fast_options(shard_size=2))
+    assert len(finalize_output(str(tmp_path))) == 4
+    fetch_and_write_local(photos[:4], str(tmp_path), fast_options(shard_size=2))
+    shards = finalize_output(str(tmp_path))
+    assert [s["shard"] for s in shards] == ["00000.tar", "00001.tar"]
+    assert "00002.tar, 00003.tar" in capsys.readouterr().err
+    with open(tmp_path / "shards" / "sizes.json") as fh:
+        assert json.load(fh) == {"00000.tar": 2, "00001.tar": 2}

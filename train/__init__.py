@@ -4,14 +4,24 @@ It reads shards through the format in docs/shard-format.md only, and never impor
 `pipeline` or Apache Beam.
 """
 
-from .factory import create_model, list_models, load_config
+from .factory import (
+    clean_state_dict,
+    config_from_state_dict,
+    create_model,
+    create_model_from_state_dict,
+    list_models,
+    load_config,
+)
 from .loss import ClipLoss
 from .tokenizer import get_tokenizer, learn_tokenizer
 from .transforms import image_transform
 
 __all__ = [
     "ClipLoss",
+    "clean_state_dict",
+    "config_from_state_dict",
     "create_model",
+    "create_model_from_state_dict",
     "get_tokenizer",
     "image_transform",
     "learn_tokenizer",

@@ -157,7 +157,7 @@ def _load(args, path: str):
     return load_for_eval(path, args.model, args.tokenizer, _device(args.device))
 
 
-def _run_zeroshot(args, path: str, dataset) -> dict:
+def _run_zeroshot(args, path: str, dataset, keep_scores: bool = False) -> dict:
     from train.eval.zeroshot import evaluate_classification
 
     m = _load(args, path)
@@ -166,12 +166,13 @@ def _run_zeroshot(args, path: str, dataset) -> dict:
         m.tokenizer,
         dataset,
         args.templates,
-        args.ensemble,
+        getattr(args, "ensemble", "embedding"),
         args.batch_size,
         _device(args.device),
         args.workers,
-        args.cache_dir,
+        getattr(args, "cache_dir", None),
         progress=not args.quiet,
+        keep_scores=keep_scores,
     )
 
 
@@ -246,17 +247,19 @@ def _run_overlap(args, checkpoints: list[str], data) -> dict:
     )
     if checkpoints and labelled:
         # The paper's check: does accuracy differ between the clean and the overlapping part?
+        from train.eval.metrics import classification_metrics
+
         overlap = set(report["overlap_indices"])
-        clean_idx = [i for i in range(len(items)) if i not in overlap]
         report["zeroshot"] = {}
-        args.ensemble, args.cache_dir = "embedding", None
         for path in checkpoints:
-            row = {"top1_all": _run_zeroshot(args, path, data)["top1"], "n_overlap": len(overlap)}
-            row["n_clean"] = len(clean_idx)
-            for name, idx in (("clean", clean_idx), ("overlap", sorted(overlap))):
-                row[f"top1_{name}"] = (
-                    _run_zeroshot(args, path, data.subset(idx))["top1"] if idx else None
-                )
+            res = _run_zeroshot(args, path, data, keep_scores=True)
+            row = {"top1_all": res["top1"]}
+            is_dup = [i in overlap for i in res["indices"]]
+            for name, want in (("clean", False), ("overlap", True)):
+                rows = [r for r, d in enumerate(is_dup) if d == want]
+                sub = classification_metrics(res["scores"][rows], res["labels"][rows])
+                row[f"top1_{name}"] = sub["top1"] if rows else None
+                row[f"n_{name}"] = len(rows)
             report["zeroshot"][path] = row
     return report
 

@@ -16,20 +16,20 @@ CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 
 # Every field a config may hold, with the value used when a config leaves it out.
 DEFAULTS: dict = {
-    "embed_dim": None,
-    "quick_gelu": True,
-    "image_size": None,
-    "vision_layers": None,
-    "vision_width": None,
-    "vision_patch_size": None,
-    "vision_heads": None,
-    "context_length": 77,
-    "vocab_size": 49408,
+    "embed_dim": None,  # width of the shared image-text embedding
+    "quick_gelu": True,  # x * sigmoid(1.702 x), as OpenAI trained; False = exact GELU
+    "image_size": None,  # square input side in pixels
+    "vision_layers": None,  # int: ViT depth; list of 4: ModifiedResNet stage depths
+    "vision_width": None,  # ViT width, or the ResNet stem width (features are 32x that)
+    "vision_patch_size": None,  # ViT only
+    "vision_heads": None,  # default: width / 64 (ViT), 32 * width / 64 (ResNet attention pool)
+    "context_length": 77,  # text positions
+    "vocab_size": 49408,  # OpenAI's; a learned tokenizer passes its own
     "text_width": None,
-    "text_heads": None,
+    "text_heads": None,  # default: text_width / 64
     "text_layers": None,
-    "tokenizer": "openai",
-    "name": None,
+    "tokenizer": "openai",  # the vocabulary the config is meant for: "openai" or "learned"
+    "name": None,  # filled in from the file name
 }
 
 
@@ -133,3 +133,84 @@ def _validate(cfg: dict) -> None:
 def create_model(name_or_path: str | pathlib.Path | dict, **overrides) -> CLIP:
     """A randomly initialised CLIP in fp32; `model.config` reproduces it via create_model(config)."""
     return CLIP(load_config(name_or_path, **overrides))
+
+
+# Entries OpenAI's TorchScript checkpoints keep next to the weights; not parameters.
+OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def clean_state_dict(state_dict: dict) -> dict:
+    """A foreign state dict in our layout: OpenAI's metadata entries and DDP's `module.` dropped.
+
+    Accepts open_clip training checkpoints too (`{"state_dict": {...}}`).
+    """
+    if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
+        state_dict = state_dict["state_dict"]
+    out = {}
+    for key, value in state_dict.items():
+        if key in OPENAI_METADATA_KEYS:
+            continue
+        out[key.removeprefix("module.")] = value
+    return out
+
+
+def config_from_state_dict(state_dict: dict, quick_gelu: bool = True) -> dict:
+    """Infer the architecture from parameter shapes, as OpenAI's `build_model` does.
+
+    Lets a released checkpoint load without naming its config. Two things cannot be seen in
+    the weights: QuickGELU (OpenAI's models use it, the default here) and the number of
+    heads, taken as width / 64 as in every CLIP model (the tiny configs follow that too).
+    """
+    sd = clean_state_dict(state_dict)
+    try:
+        text_width = sd["ln_final.weight"].shape[0]
+        text_layers = len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})
+        cfg = {
+            "embed_dim": sd["text_projection"].shape[1],
+            "quick_gelu": quick_gelu,
+            "context_length": sd["positional_embedding"].shape[0],
+            "vocab_size": sd["token_embedding.weight"].shape[0],
+            "text_width": text_width,
+            "text_heads": text_width // 64,
+            "text_layers": text_layers,
+        }
+        if "visual.proj" in sd:  # ViT
+            width = sd["visual.conv1.weight"].shape[0]
+            patch = sd["visual.conv1.weight"].shape[-1]
+            grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+            cfg.update(
+                image_size=patch * grid,
+                vision_layers=len(
+                    {k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")}
+                ),
+                vision_width=width,
+                vision_patch_size=patch,
+                vision_heads=width // 64,
+            )
+        else:  # ModifiedResNet
+            layers = [
+                len({k.split(".")[2] for k in sd if k.startswith(f"visual.layer{i}.")})
+                for i in (1, 2, 3, 4)
+            ]
+            width = sd["visual.layer1.0.conv1.weight"].shape[0]
+            grid = round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+            cfg.update(
+                image_size=grid * 32,
+                vision_layers=layers,
+                vision_width=width,
+                vision_patch_size=None,
+                vision_heads=width * 32 // 64,
+            )
+    except (KeyError, IndexError, AttributeError) as e:
+        raise ValueError(
+            f"state dict is not a CLIP model in OpenAI's layout (missing {e})"
+        ) from None
+    return load_config(cfg)
+
+
+def create_model_from_state_dict(state_dict: dict, quick_gelu: bool = True) -> CLIP:
+    """A CLIP with the state dict's architecture, its weights loaded strictly (as fp32)."""
+    sd = clean_state_dict(state_dict)
+    model = CLIP(config_from_state_dict(sd, quick_gelu))
+    model.load_state_dict(sd, strict=True)
+    return model

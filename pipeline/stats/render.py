@@ -10,19 +10,21 @@ import csv
 import dataclasses
 import io
 import json
+import re
 
 from pipeline.stats.report import Report
 from pipeline.stats.tables import Table
 
 _SHARE_COLUMNS = {"share", "share_of_status", "yield"}
-_SHARE_WORDS = ("share", "rate", "yield")
+_SHARE_WORDS = re.compile(r"\b(share|rate|yield)\b")
 
 
 def is_share(table: Table, row: tuple, col: int) -> bool:
+    """Whether a cell is a fraction, shown as a percentage: by its column or its row's label."""
     if table.columns[col] in _SHARE_COLUMNS:
         return True
     first = row[0] if row and isinstance(row[0], str) else ""
-    return col > 0 and any(w in first for w in _SHARE_WORDS)
+    return col > 0 and bool(_SHARE_WORDS.search(first))
 
 
 def human(value, share: bool = False) -> str:
@@ -42,8 +44,12 @@ def human(value, share: bool = False) -> str:
     return str(value).replace("\n", " ")
 
 
-def text_table(table: Table) -> str:
-    cells = [[human(v, is_share(table, row, i)) for i, v in enumerate(row)] for row in table.rows]
+def text_table(table: Table, shares: bool = True) -> str:
+    """Aligned columns; `shares=False` for SQL results, whose columns we know nothing of."""
+    cells = [
+        [human(v, shares and is_share(table, row, i)) for i, v in enumerate(row)]
+        for row in table.rows
+    ]
     widths = [len(c) for c in table.columns]
     for row in cells:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
@@ -114,4 +120,4 @@ def render_rows(table: Table, fmt: str) -> str:
         return json.dumps(table.as_dicts(), indent=2, ensure_ascii=False, default=_json_default)
     if fmt == "csv":
         return csv_table(table, header_comment=False).rstrip("\n")
-    return text_table(table)
+    return text_table(table, shares=False)

@@ -322,13 +322,19 @@ def load_captions(
 # ---------------------------------------------------------------- splits
 
 
+def _split_key(seed: int, name: str) -> str:
+    tail = "/".join(name.replace(os.sep, "/").split("/")[-2:])
+    return hashlib.sha256(f"{seed}:{tail}".encode()).hexdigest()
+
+
 def deterministic_split(
     items: Sequence[ImageItem], labels: Sequence[int], fractions: Sequence[float], seed: int = 0
 ) -> list[list[int]]:
     """Split indices into len(fractions) parts, per class, by a seeded hash of each name.
 
-    The same files give the same split on every machine and in every order; each class
-    is cut in the given proportions (the last part takes the rounding remainder).
+    Only the last two parts of a name are hashed (`class/file.jpg`, `shard.tar/key.jpg`),
+    so the same files give the same split wherever the dataset lives and in any order.
+    Each class is cut in the given proportions (the last part takes the remainder).
     """
     by_class: dict[int, list[int]] = {}
     for i, label in enumerate(labels):
@@ -336,7 +342,7 @@ def deterministic_split(
     parts: list[list[int]] = [[] for _ in fractions]
     total = sum(fractions)
     for idx in by_class.values():
-        idx.sort(key=lambda i: hashlib.sha256(f"{seed}:{items[i].name}".encode()).hexdigest())
+        idx.sort(key=lambda i: _split_key(seed, items[i].name))
         start = 0
         for p, frac in enumerate(fractions):
             end = len(idx) if p == len(fractions) - 1 else start + round(len(idx) * frac / total)

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 from train.eval.datasets import ImageItem, encode_batches
 
+OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
 
 class LoadError(ValueError):
     """A checkpoint that cannot be turned into a model (one-line reason)."""
@@ -40,6 +42,8 @@ def _unwrap_state_dict(obj) -> dict:
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise LoadError("file holds no state dict of tensors")
+    # OpenAI's released models carry these as metadata entries, not parameters.
+    obj = {k: v for k, v in obj.items() if k not in OPENAI_METADATA_KEYS}
     return strip_ddp_prefix(obj)
 
 

@@ -153,7 +153,7 @@ def evaluate_probe(
         fr = (1 - val_fraction - test_fraction, val_fraction, test_fraction)
         tr, va, te = deterministic_split(train_set.items, train_set.labels, fr, seed)
         split = (
-            f"single dataset split per class by sha256(seed={seed}:name): "
+            f"single dataset split per class by sha256(seed={seed}:class/file): "
             f"{fr[0]:.0%} train, {fr[1]:.0%} validation, {fr[2]:.0%} test"
         )
         test_set = train_set.subset(te)
@@ -163,7 +163,7 @@ def evaluate_probe(
         fr = (1 - val_fraction, val_fraction)
         tr, va = deterministic_split(train_set.items, train_set.labels, fr, seed)
         split = (
-            f"validation carved from the training set per class by sha256(seed={seed}:name): "
+            f"validation carved from the training set per class by sha256(seed={seed}:class/file): "
             f"{fr[1]:.0%}; test set given separately"
         )
     failures: list = []

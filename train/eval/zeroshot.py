@@ -134,8 +134,13 @@ def evaluate_classification(
     cache_dir: str | None = None,
     transform: Callable | None = None,
     progress: bool = False,
+    keep_scores: bool = False,
 ) -> dict:
-    """Metrics plus details (classes, templates, skipped images) for one labelled dataset."""
+    """Metrics plus details (classes, templates, skipped images) for one labelled dataset.
+
+    With `keep_scores`, the result also holds `scores` [n, C], `labels` and `indices` (the
+    dataset positions of the rows), for metrics on subsets without a second pass.
+    """
     templates = load_templates(templates)
     was_training = model.training
     model.eval()
@@ -158,6 +163,8 @@ def evaluate_classification(
         ensemble=ensemble,
         skipped=[{"image": n, "reason": r} for n, r in failures],
     )
+    if keep_scores:
+        out.update(scores=scores, labels=labels, indices=kept)
     return out
 
 
