@@ -21,7 +21,9 @@ import pyarrow.compute as pc
 
 MODES = ("exact", "metaclip")
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-PAIR_SCHEMA = pa.schema([pa.field("qid", pa.int32()), pa.field("uid", pa.string())])
+PAIR_SCHEMA = pa.schema(
+    [pa.field("qid", pa.int32()), pa.field("lo", pa.uint64()), pa.field("hi", pa.uint64())]
+)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -82,24 +84,46 @@ def pair_hash(seed: int, query: str, uid: str) -> int:
     )
 
 
+def _group(keys: np.ndarray, columns: dict[str, np.ndarray]) -> list[tuple[int, pa.Table]]:
+    """Rows of ``columns`` grouped by ``keys``, as (key, PAIR_SCHEMA table)."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    cuts = np.flatnonzero(np.diff(sorted_keys)) + 1
+    out = []
+    for s, e in zip(np.r_[0, cuts], np.r_[cuts, len(order)], strict=True):
+        part = order[s:e]
+        out.append(
+            (
+                int(sorted_keys[s]),
+                pa.table({k: v[part] for k, v in columns.items()}, schema=PAIR_SCHEMA),
+            )
+        )
+    return out
+
+
 def pairs_by_query_bucket(table: pa.Table, n_buckets: int) -> list[tuple[int, pa.Table]]:
-    """Explode candidates (uid, qids) into (qid, uid) pairs grouped by query bucket."""
+    """Explode candidates (uid, qids) into (qid, uid bits) pairs grouped by query bucket.
+
+    A pair carries the uid as two 64-bit halves (``lo`` = last 16 hex digits, ``hi`` =
+    first 16) instead of the 64-character string: with millions of pairs in the shuffle
+    this is a quarter of the bytes, and 128 bits still identify a SHA-256 uid.
+    """
     qids = table["qids"].combine_chunks()
     flat = pc.list_flatten(qids).to_numpy(zero_copy_only=False).astype(np.int64)
     if len(flat) == 0:
         return []
     parents = pc.list_parent_indices(qids).to_numpy(zero_copy_only=False)
-    uids = pc.take(table["uid"], pa.array(parents))
-    buckets = flat % n_buckets
-    order = np.argsort(buckets, kind="stable")
-    sb = buckets[order]
-    cuts = np.flatnonzero(np.diff(sb)) + 1
-    out = []
-    for s, e in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(order)])), strict=True):
-        idx = pa.array(order[s:e])
-        out.append((int(sb[s]), pa.table({"qid": pa.array(flat[order[s:e]], pa.int32()),
-                                          "uid": pc.take(uids, idx)}, schema=PAIR_SCHEMA)))  # fmt: skip
-    return out
+    lo, hi = uid_keys(table["uid"])[parents], uid_keys(table["uid"], first=True)[parents]
+    return _group(flat % n_buckets, {"qid": flat.astype(np.int32), "lo": lo, "hi": hi})
+
+
+def pairs_by_uid_bucket(pairs: pa.Table, n_buckets: int) -> list[tuple[int, pa.Table]]:
+    """Selected pairs grouped by their candidate's uid bucket (``status_io.uid_bucket``)."""
+    if pairs.num_rows == 0:
+        return []
+    lo = pairs["lo"].to_numpy()
+    cols = {"qid": pairs["qid"].to_numpy(), "lo": lo, "hi": pairs["hi"].to_numpy()}
+    return _group(((lo & np.uint64(0xFF)) % np.uint64(n_buckets)).astype(np.int64), cols)
 
 
 def select_pairs(pairs: pa.Table, query_keys: dict[int, int], mode: str, cap: int) -> pa.Table:
@@ -113,12 +137,12 @@ def select_pairs(pairs: pa.Table, query_keys: dict[int, int], mode: str, cap: in
     if pairs.num_rows == 0:
         return pairs
     qid = pairs["qid"].to_numpy().astype(np.int64)
-    ukeys = uid_keys(pairs["uid"])
+    ukeys = pairs["lo"].to_numpy()
     uniq, inverse, counts = np.unique(qid, return_inverse=True, return_counts=True)
     qkeys = np.array([query_keys[int(q)] for q in uniq], np.uint64)[inverse]
     h = pair_hashes(qkeys, ukeys)
     if mode == "exact":
-        tie = uid_keys(pairs["uid"], first=True)  # other uid bits break 64-bit hash ties
+        tie = pairs["hi"].to_numpy()  # other uid bits break 64-bit hash ties
         order = np.lexsort((tie, h, qid))
         sorted_q = qid[order]
         group_start = np.r_[0, np.flatnonzero(np.diff(sorted_q)) + 1]
@@ -132,6 +156,24 @@ def select_pairs(pairs: pa.Table, query_keys: dict[int, int], mode: str, cap: in
     return pairs.take(pa.array(chosen))
 
 
+def _rows_of(candidates: pa.Table, pairs: pa.Table) -> np.ndarray:
+    """For each pair, the index of its candidate (matched on both uid halves)."""
+    lo_c, hi_c = uid_keys(candidates["uid"]), uid_keys(candidates["uid"], first=True)
+    lo_p, hi_p = pairs["lo"].to_numpy(), pairs["hi"].to_numpy()
+    order = np.argsort(lo_c, kind="stable")
+    pos = np.minimum(np.searchsorted(lo_c[order], lo_p), len(order) - 1)
+    row = order[pos] if len(order) else np.zeros(0, np.int64)
+    if len(row) and np.all(lo_c[row] == lo_p) and np.all(hi_c[row] == hi_p):
+        return row.astype(np.int64)
+    index = {(int(h), int(lo)): i for i, (h, lo) in enumerate(zip(hi_c, lo_c, strict=True))}
+    try:  # equal low halves within one bucket (or a bug): match on the full 128 bits
+        return np.array(
+            [index[(int(h), int(lo))] for h, lo in zip(hi_p, lo_p, strict=True)], np.int64
+        )
+    except KeyError:
+        raise ValueError("selected pairs name uids that are not among the candidates") from None
+
+
 def apply_selection(candidates: pa.Table, selected: pa.Table, mode: str = "exact") -> pa.Table:
     """Set ``sel`` and ``status`` (kept / not_selected) on candidates from selected pairs."""
     from pipeline.schema import KEPT, NOT_SELECTED
@@ -139,10 +181,7 @@ def apply_selection(candidates: pa.Table, selected: pa.Table, mode: str = "exact
 
     why = "cap_reached" if mode == "exact" else "not_drawn"
     n = candidates.num_rows
-    where = pc.index_in(selected["uid"], value_set=candidates["uid"].combine_chunks())
-    if where.null_count:
-        raise ValueError("selected pairs name uids that are not among the candidates")
-    row = where.to_numpy(zero_copy_only=False).astype(np.int64)
+    row = _rows_of(candidates, selected)
     qid = selected["qid"].to_numpy().astype(np.int32)
     order = np.lexsort((qid, row))
     counts = np.bincount(row, minlength=n)

@@ -24,9 +24,7 @@ def split_by_bucket(table: pa.Table, n_buckets: int = N_BUCKETS) -> list[tuple[i
     """(bucket, rows of that bucket) for every bucket present in ``table``."""
     if table.num_rows == 0:
         return []
-    buckets = uid_buckets(table["uid"])
-    if n_buckets != N_BUCKETS:
-        buckets %= n_buckets
+    buckets = uid_buckets(table["uid"], n_buckets)
     order = np.argsort(buckets, kind="stable")
     sorted_buckets = buckets[order]
     cuts = np.flatnonzero(np.diff(sorted_buckets)) + 1

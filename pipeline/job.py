@@ -224,7 +224,7 @@ class _SelectFn(_WithQueries):
         chosen = balance.select_pairs(pairs, keys, self.mode, self.cap)
         if chosen.num_rows == 0:
             return
-        yield from dedup.split_by_bucket(chosen)
+        yield from balance.pairs_by_uid_bucket(chosen, status_io.N_BUCKETS)
 
 
 def _join_selection(kv, mode):

@@ -23,7 +23,7 @@ from apache_beam.io.filesystems import CompressionTypes, FileSystems
 URL_NAMES = ("url", "image_url", "img_url", "src", "image", "link")
 CAPTION_NAMES = ("caption", "text", "alt", "alt_text", "alttext", "description", "title")
 SPLIT_BYTES = 32 << 20
-BATCH_ROWS = 8192
+BATCH_ROWS = 32768
 
 RAW_SCHEMA = pa.schema(
     [

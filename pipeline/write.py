@@ -47,7 +47,7 @@ SHARDS_DIR = "shards"
 STATUS_SUBDIR = "_status"
 TMP_SUFFIX = ".tmp"
 #: How many shards the last run's selection fills (read by finalize_output).
-PLAN_FILE = "plan.json"
+PLAN_FILE = "_plan.json"
 #: Hex digits of the uid used to bucket candidates while ranking them (65,536 buckets).
 BUCKET_CHARS = 4
 TAR_MTIME = 0
@@ -413,7 +413,7 @@ def write_shard_plan(out_dir: str, candidates: int, shard_size: int) -> int:
     """Record how many shards this run's selection fills; returns that number."""
     n_shards = -(-candidates // shard_size)
     plan = {"candidates": candidates, "shard_size": shard_size, "shards": n_shards}
-    _write_json_atomically(os.path.join(out_dir, SHARDS_DIR, STATUS_SUBDIR, PLAN_FILE), plan)
+    _write_json_atomically(os.path.join(out_dir, SHARDS_DIR, PLAN_FILE), plan)
     return n_shards
 
 
@@ -424,7 +424,7 @@ def finalize_output(out_dir: str) -> list[dict]:
     it (left by an earlier run with a larger selection) are named in a warning.
     """
     clean_stale_temp_files(out_dir)
-    plan_path = os.path.join(out_dir, SHARDS_DIR, STATUS_SUBDIR, PLAN_FILE)
+    plan_path = os.path.join(out_dir, SHARDS_DIR, PLAN_FILE)
     limit = None
     if os.path.exists(plan_path):
         with open(plan_path, encoding="utf-8") as fh:

@@ -177,3 +177,36 @@ def test_bad_input_gives_one_line_and_exit_2(argv, message, checkpoints, shared_
     assert main([names.get(a, a) for a in argv] + ["--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("wit-eval: error:") and message in err[-1]
+
+
+def test_overlap_against_a_caption_csv(shared_data, tmp_path, capsys):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    csv_path = shared_data("flickr8k-1k", "captions.csv")
+    first = sorted(shared_data("flickr8k-1k", "images").iterdir())[0]
+    buf = io.BytesIO()
+    Image.open(first).resize((256, 192)).save(buf, "JPEG", quality=75)
+    with tarfile.open(tmp_path / "00000.tar", "w") as tar:
+        for ext, data in (("jpg", buf.getvalue()), ("txt", b"a copy")):
+            info = tarfile.TarInfo(f"{0:016x}.{ext}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "ov.json"
+    argv = [
+        "overlap",
+        "--shards",
+        str(tmp_path),
+        "--dataset",
+        str(csv_path),
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["eval_images"] == 1000 and res["eval_with_near_duplicate"] == 1
+    assert res["examples"][0]["eval_image"].endswith(first.name)
+    assert "zeroshot" not in res and "per_class" not in res

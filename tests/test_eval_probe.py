@@ -105,3 +105,45 @@ def test_split_does_not_depend_on_where_the_dataset_lives():
     here = deterministic_split([ImageItem(f"../data/{n}") for n in names], labels, (0.5, 0.5))
     there = deterministic_split([ImageItem(f"/mnt/x/data/{n}") for n in names], labels, (0.5, 0.5))
     assert here == there and here[0] != list(range(20))
+
+
+class MeanColour(torch.nn.Module):
+    """A frozen 'encoder' whose features are the mean RGB of the image."""
+
+    image_size = 8
+
+    def encode_image(self, x):
+        return x.mean(dim=(2, 3))
+
+
+def _colour_folder(root, shades):
+    from PIL import Image
+
+    for name, rgb in {"red": (220, 30, 30), "green": (30, 220, 30), "blue": (30, 30, 220)}.items():
+        (root / name).mkdir(parents=True)
+        for i in shades:
+            Image.new("RGB", (8, 8), tuple(max(0, c - i) for c in rgb)).save(
+                root / name / f"{i}.png"
+            )
+
+
+def test_evaluate_probe_with_a_separate_test_folder(tmp_path):
+    import numpy as np
+
+    from train.eval.datasets import load_image_folder
+    from train.eval.probe import evaluate_probe
+
+    _colour_folder(tmp_path / "train", range(0, 100, 10))
+    _colour_folder(tmp_path / "test", range(5, 100, 30))
+    to_tensor = lambda im: torch.from_numpy(  # noqa: E731
+        np.asarray(im.convert("RGB"), dtype="float32") / 255
+    ).permute(2, 0, 1)
+    res = evaluate_probe(
+        MeanColour(),
+        load_image_folder(str(tmp_path / "train")),
+        load_image_folder(str(tmp_path / "test")),
+        transform=to_tensor,
+    )
+    assert "test set given separately" in res["split"]
+    assert (res["n_train"], res["n_val"], res["n_test"]) == (24, 6, 12)
+    assert res["top1"] == 1.0 and res["skipped"] == []

@@ -200,6 +200,22 @@ def test_huge_body_length_and_early_abort(web):
     assert requests.get(web.url("/e/404"), timeout=5).status_code == 404
 
 
+def test_huge_without_length_is_only_bounded_by_the_reader(web):
+    with requests.get(web.url("/e/huge-no-length.jpg"), stream=True, timeout=10) as r:
+        assert "Content-Length" not in r.headers
+        total = sum(len(c) for c in r.iter_content(1 << 20))
+    assert total == HUGE_BYTES
+
+
+def test_trickle_defeats_a_per_read_timeout(web):
+    # The answer takes 1.6 s in all, longer than the 1 s read timeout, yet every read gets
+    # bytes within 0.1 s, so the timeout never fires: only a total deadline would stop it.
+    r = requests.get(web.url("/e/trickle.jpg?s=1.6"), timeout=(2, 1))
+    assert r.status_code == 200
+    _decode(r.content)
+    assert requests.get(web.url("/e/trickle.jpg?s=x"), timeout=5).status_code == 400
+
+
 def test_wrong_type_is_a_jpeg_labelled_html(web):
     r = requests.get(web.url("/e/wrong-type.jpg"), timeout=5)
     assert r.headers["Content-Type"].startswith("text/html")
