@@ -55,7 +55,11 @@ ROBOTS_MAX_BYTES = 512 * 1024
 
 @dataclass(frozen=True)
 class FetchOptions:
-    """Every knob of fetching, resizing and shard writing; picklable for Beam workers."""
+    """Every knob of fetching, resizing and shard writing; picklable for Beam workers.
+
+    `threads` and `per_host_connections` are per worker process; how many processes run
+    is the Beam runner's choice (`--direct_num_workers` locally).
+    """
 
     connect_timeout: float = 10.0
     read_timeout: float = 20.0
@@ -69,10 +73,9 @@ class FetchOptions:
     user_agent: str = DEFAULT_USER_AGENT
     allow_private_addresses: bool = False
     allowed_networks: tuple[str, ...] = ()
-    ca_bundle: str | None = None  # extra trust roots (a file); None = the usual bundle
+    ca_bundle: str | None = None  # a CA bundle file to trust instead of certifi's
     per_host_connections: int = 8
     threads: int = 32
-    processes: int = 1
     image_size: int = 256
     resize_mode: str = "keep_ratio"
     resize_only_if_bigger: bool = False

@@ -20,6 +20,7 @@ from pipeline.fetch import (
     Fetcher,
     FetchOptions,
     FetchResult,
+    HostLimiter,
     RobotsCache,
     _Final,
     backoff_delay,
@@ -464,3 +465,27 @@ def test_https_uses_the_url_name_for_sni_host_and_certificate(tls_server):
     # The same address under a name the certificate does not cover must fail verification.
     wrong = fetcher.fetch(f"https://other.fixture.test:{port}/photo.jpg")
     assert wrong.status == "fetch_failed" and "SSLError" in wrong.reason, wrong
+
+
+def test_host_limiter_caps_concurrency_per_host_and_forgets_idle_hosts():
+    limiter = HostLimiter(2)
+    lock = threading.Lock()
+    active = {"a": 0, "b": 0}
+    peak = {"a": 0, "b": 0}
+
+    def work(host):
+        with limiter.hold(host):
+            with lock:
+                active[host] += 1
+                peak[host] = max(peak[host], active[host])
+            time.sleep(0.02)
+            with lock:
+                active[host] -= 1
+
+    threads = [threading.Thread(target=work, args=(h,)) for h in "ab" * 8]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 1 <= peak["a"] <= 2 and 1 <= peak["b"] <= 2
+    assert limiter._hosts == {}  # no semaphore kept for hosts nobody is fetching from
