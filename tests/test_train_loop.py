@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import json
 
 import pytest
@@ -116,10 +117,10 @@ def trained_run(tmp_path_factory):
     run = d / "run"
     argv = [
         "--shards", str(d / "shards" / "*.tar"), "--model", str(config), "--out", str(run),
-        "--steps", "200", "--batch-size", "32", "--lr", "3e-3", "--warmup", "20",
-        "--workers", "1", "--log-every", "10", "--save-every", "100",
+        "--steps", "100", "--batch-size", "32", "--lr", "3e-3", "--warmup", "10",
+        "--workers", "1", "--threads", "1", "--log-every", "10", "--save-every", "50",
         "--tokenizer", "learn:600", "--no-progress",
-        "--zeroshot-dataset", str(d / "heldout"), "--zeroshot-every", "200",
+        "--zeroshot-dataset", str(d / "heldout"), "--zeroshot-every", "100",
         "--zeroshot-templates", str(templates),
     ]  # fmt: skip
     assert main(argv) == 0
@@ -130,16 +131,17 @@ def trained_run(tmp_path_factory):
 def test_loss_falls_clearly_on_the_synthetic_corpus(trained_run):
     _, rows = trained_run
     losses = [r["loss"] for r in rows if "loss" in r]
-    assert len(losses) == 20
-    # ln(32) = 3.47 is the loss of a model that has learnt nothing
-    assert losses[0] > 2.5
-    assert min(losses[-3:]) < 0.6 * losses[0]
+    assert len(losses) == 11
+    # ln(32) = 3.47 is the loss of a model that has learnt nothing; captions of the same
+    # (colour, shape) recur within a batch, so the floor is well above 0 (about 1.5).
+    assert losses[0] > 3.0
+    assert max(losses[-3:]) < 0.6 * math.log(32)
 
 
 def test_zero_shot_on_held_out_combinations_is_far_above_chance(trained_run):
     _, rows = trained_run
     zs = [r for r in rows if "zeroshot_top1" in r]
-    assert zs and zs[-1]["step"] == 200
+    assert zs and zs[-1]["step"] == 100
     assert zs[-1]["zeroshot_n"] == 60
     assert zs[-1]["zeroshot_top1"] >= 0.6  # chance is 1/6
 
@@ -149,16 +151,16 @@ def test_run_writes_logs_tensorboard_and_loadable_checkpoints(trained_run):
     step_rows = [r for r in rows if "loss" in r]
     for key in ("step", "loss", "lr", "logit_scale", "samples_per_s", "loader_images_per_s"):
         assert key in step_rows[-1]
-    assert [r["step"] for r in step_rows] == list(range(10, 201, 10))
+    assert [r["step"] for r in step_rows] == [1, *range(10, 101, 10)]
     assert step_rows[0]["lr"] < step_rows[1]["lr"]  # warmup
     assert step_rows[-1]["lr"] < 1e-5  # the cosine has run out
     assert all(r["samples_per_s"] > 0 for r in step_rows)
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert names == ["latest.pt", "step_000100.pt", "step_000200.pt"]
+    assert names == ["latest.pt", "step_000050.pt", "step_000100.pt"]
 
     ckpt = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
-    assert ckpt["step"] == 200 and ckpt["scaler"] is None
+    assert ckpt["step"] == 100 and ckpt["scaler"] is None
     assert set(ckpt) >= {"model", "optimizer", "config", "tokenizer", "rng", "args"}
     model, tokenizer = ckpt_io.load_model(run)
     assert model.vocab_size == tokenizer.vocab_size < 1000

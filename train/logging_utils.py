@@ -75,7 +75,8 @@ class RunLogger:
         if not self.main:
             return
         self.bar.update(1)
-        if step % self.args.log_every and step != self.args.steps:
+        first = step == self.start_step + 1  # shows where a (resumed) run starts from
+        if step % self.args.log_every and step != self.args.steps and not first:
             return
         now = time.perf_counter()
         elapsed = max(1e-9, now - self.window_start - self.excluded)
