@@ -6,7 +6,8 @@ One `Fetcher` per worker process serves many threads. For every URL it
 - honours robots.txt (fetched once per origin and cached) and `X-Robots-Tag`;
 - limits concurrent requests per host, retries transient failures with exponential
   backoff and honours `Retry-After` up to a bound;
-- streams the body under a byte limit and a total deadline, and insists on `image/*`.
+- streams the body under a byte limit and a total deadline, and insists on `image/*`
+  (on HTML for `purpose="page"`, which the page crawler in `pipeline.crawl` uses).
 
 The outcome is a `FetchResult` whose `status` is None on success, or one of the final
 statuses `fetch_failed`, `opted_out`, `blocked_address` with a short `reason`.
@@ -51,6 +52,7 @@ _VALUED_DIRECTIVES = frozenset(
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 RETRY_CODES = frozenset({429, 500, 502, 503, 504})
 ROBOTS_MAX_BYTES = 512 * 1024
+HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class FetchOptions:
     backoff_max: float = 8.0
     max_retry_after: float = 30.0
     max_bytes: int = 20 * 1024 * 1024
+    max_page_bytes: int = 5 * 1024 * 1024  # HTML pages (purpose="page")
     max_redirects: int = 5
     user_agent: str = DEFAULT_USER_AGENT
     allow_private_addresses: bool = False
@@ -243,6 +246,17 @@ class RobotsCache:
             return OPTED_OUT, "robots.txt"
         return None, None
 
+    def crawl_delay(self, url: str) -> float | None:
+        """The Crawl-delay robots.txt asks of us for url's origin, once its rules are loaded."""
+        parts = urlsplit(url)
+        with self._lock:
+            entry = self._entries.get(f"{parts.scheme}://{parts.netloc.lower()}")
+        if entry is None or not entry[0].is_set() or isinstance(entry[1], tuple):
+            return None
+        rules = entry[1]
+        delay = rules.crawl_delay(self._fetcher.options.user_agent) if rules else None
+        return float(delay) if delay is not None else None
+
     def _load(self, origin: str):
         result = self._fetcher.get(origin + "/robots.txt", purpose="robots")
         if result.status == BLOCKED_ADDRESS:
@@ -303,7 +317,7 @@ class Fetcher:
             decision = self.guard.check(host, port)
             if not decision.allowed:
                 return FetchResult(url, decision.status, decision.reason, redirects=hop)
-            if purpose == "image":
+            if purpose in ("image", "page"):
                 status, reason = self.robots.verdict(prepared.url)
                 if status:
                     return FetchResult(url, status, reason, redirects=hop)
@@ -326,7 +340,10 @@ class Fetcher:
         return FetchResult(url, FETCH_FAILED, "too_many_redirects", redirects=opts.max_redirects)
 
     def _headers(self, purpose: str) -> dict[str, str]:
-        accept = "image/avif,image/webp,image/*;q=0.9" if purpose == "image" else "text/plain"
+        accept = {
+            "image": "image/avif,image/webp,image/*;q=0.9",
+            "page": "text/html,application/xhtml+xml;q=0.9",
+        }.get(purpose, "text/plain")
         return {"User-Agent": self.options.user_agent, "Accept": accept}
 
     def _with_retries(self, prepared, host: str, purpose: str, deadline: float) -> _Reply:
@@ -380,9 +397,13 @@ class Fetcher:
                 raise _Retry(f"http_{code}", retry_after_seconds(headers.get("retry-after")))
             if code != 200:
                 return _Reply(code, headers)
-            limit = opts.max_bytes if purpose == "image" else ROBOTS_MAX_BYTES
+            limit = {"image": opts.max_bytes, "page": opts.max_page_bytes}.get(
+                purpose, ROBOTS_MAX_BYTES
+            )
             if purpose == "image":
                 self._check_image_headers(headers, limit)
+            elif purpose == "page":
+                self._check_page_headers(headers, limit)
             return _Reply(code, headers, self._read_body(response, limit, purpose, deadline))
 
     @staticmethod
@@ -392,6 +413,19 @@ class Fetcher:
             raise _Final(OPTED_OUT, f"x-robots-tag {opt_out}")
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if not ctype.startswith("image/"):
+            raise _Final(FETCH_FAILED, f"content_type {ctype or 'missing'}")
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise _Final(FETCH_FAILED, f"too_large {length} bytes")
+
+    @staticmethod
+    def _check_page_headers(headers: dict, limit: int) -> None:
+        """Pages must be HTML; their X-Robots-Tag opt-outs count as for images."""
+        opt_out = x_robots_opt_out(headers.get("x-robots-tag"))
+        if opt_out:
+            raise _Final(OPTED_OUT, f"x-robots-tag {opt_out}")
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in HTML_TYPES:
             raise _Final(FETCH_FAILED, f"content_type {ctype or 'missing'}")
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:

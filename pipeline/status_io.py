@@ -7,6 +7,7 @@ into the query list; they become strings only when a status part is written.
 
 from __future__ import annotations
 
+import copyreg
 import hashlib
 import io
 import os
@@ -39,6 +40,24 @@ WORK_SCHEMA = pa.schema(
 #: those stages' parallelism; few buckets keep the number of small Arrow tables (each
 #: pickled between stages for ~0.1-0.3 ms) low on a small machine.
 N_BUCKETS = 16
+
+
+def _table_from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+def _table_to_ipc(table: pa.Table):
+    sink = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(compression="zstd")
+    with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
+        writer.write_table(table)
+    return _table_from_ipc, (sink.getvalue().to_pybytes(),)
+
+
+# Beam pickles the Arrow tables that cross stage boundaries, and the local runner keeps
+# them in memory between stages. zstd-compressed Arrow IPC is 2-3x smaller than a plain
+# pickle of a table of captions and URLs, for about 1 us of CPU per row.
+copyreg.pickle(pa.Table, _table_to_ipc)
 
 
 def uid_bucket(uid: str) -> int:

@@ -70,7 +70,9 @@ def load_weights(path: pathlib.Path) -> dict:
 def test_killed_and_resumed_run_matches_uninterrupted_run(corpus):
     d, shards, config = corpus
     full, broken = d / "full", d / "broken"
-    subprocess.run(train_cmd(shards, config, str(full)), cwd=ROOT, env=env(), check=True, timeout=300)
+    subprocess.run(
+        train_cmd(shards, config, str(full)), cwd=ROOT, env=env(), check=True, timeout=300
+    )
 
     proc = subprocess.Popen(
         train_cmd(shards, config, str(broken)),

@@ -271,8 +271,15 @@ class ResumableLoader:
     checkpoint stores; a loader restored from it continues with the very next batch.
     """
 
-    def __init__(self, dataset: ShardBatches, num_workers: int = 0, prefetch_factor: int = 2):
+    def __init__(
+        self,
+        dataset: ShardBatches,
+        num_workers: int = 0,
+        prefetch_factor: int = 2,
+        pin_memory: bool = False,
+    ):
         self.dataset = dataset
+        self.pin_memory = pin_memory
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
         self.slots = max(1, num_workers)
@@ -322,6 +329,7 @@ class ResumableLoader:
             num_workers=self.num_workers,
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
             persistent_workers=False,
+            pin_memory=self.pin_memory,
         )
         self.iterator = iter(loader)
 
@@ -344,8 +352,6 @@ class ResumableLoader:
 
     def __next__(self) -> dict:
         while True:
-            if self.iterator is None:
-                self.start_epoch()
             if all(self.done):
                 if sum(self.consumed) == 0:
                     raise RuntimeError(
@@ -356,6 +362,8 @@ class ResumableLoader:
                 self.reset_epoch_state()
                 self.iterator = None
                 continue
+            if self.iterator is None:
+                self.start_epoch()
             w = self.next_worker
             if self.done[w]:
                 self.next_worker = (w + 1) % self.slots

@@ -176,7 +176,9 @@ def make_loader(args, model, tokenizer, info) -> data_mod.ResumableLoader:
         world_size=info.world_size,
         samples_per_epoch=args.samples_per_epoch,
     )
-    return data_mod.ResumableLoader(dataset, num_workers=args.workers)
+    return data_mod.ResumableLoader(
+        dataset, num_workers=args.workers, pin_memory=info.device.type == "cuda"
+    )
 
 
 def checkpoint_state(model, optimizer, scaler, step, tokenizer, loader, args, info) -> dict:
