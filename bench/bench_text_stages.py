@@ -17,6 +17,7 @@ import csv
 import json
 import os
 import pathlib
+import resource
 import subprocess
 import sys
 import tempfile
@@ -78,8 +79,10 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def run(cmd: list[str]) -> tuple[float, int, int]:
+def run(cmd: list[str]) -> tuple[float, int, float]:
+    """(wall seconds, peak tree RSS bytes, CPU seconds of the whole tree)."""
     peak = 0
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     done = threading.Event()
@@ -98,7 +101,9 @@ def run(cmd: list[str]) -> tuple[float, int, int]:
     t.join()
     if proc.returncode != 0:
         sys.exit(f"wit-build failed ({proc.returncode}):\n{err[-3000:]}")
-    return seconds, peak, proc.returncode
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, peak, cpu
 
 
 def main() -> None:
@@ -123,16 +128,22 @@ def main() -> None:
         out = work / f"out-{n}"
         cmd = [str(pathlib.Path(sys.executable).parent / "wit-build"), "--querylist", str(qpath),
                "--input", str(inp), "--out", str(out), "--no-fetch", "--lid", args.lid, *beam_args]  # fmt: skip
-        seconds, peak, _ = run(cmd)
+        load = os.getloadavg()[0]
+        seconds, peak, cpu = run(cmd)
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["rows"] == n, (manifest["rows"], n)
-        rows.append((n, seconds, n / seconds, peak / 2**30, manifest["totals"]["kept"]))
+        rows.append((n, seconds, n / seconds, cpu, peak / 2**30, manifest["totals"]["kept"], load))
     print(
         f"queries={args.queries:,} captions={len(captions):,} beam_args={' '.join(beam_args) or '(default)'}"
     )
-    print(f"{'candidates':>12} {'seconds':>9} {'cand/s':>9} {'peak GiB':>9} {'kept':>9}")
-    for n, s, rate, gib, kept in rows:
-        print(f"{n:>12,} {s:>9.1f} {rate:>9,.0f} {gib:>9.2f} {kept:>9,}")
+    print(
+        "cpu s: user+system time of wit-build and its Beam workers; load: 1-min load average at start"
+    )
+    print(
+        f"{'candidates':>12} {'seconds':>9} {'cand/s':>9} {'cpu s':>8} {'peak GiB':>9} {'kept':>9} {'load':>6}"
+    )
+    for n, s, rate, cpu, gib, kept, load in rows:
+        print(f"{n:>12,} {s:>9.1f} {rate:>9,.0f} {cpu:>8.1f} {gib:>9.2f} {kept:>9,} {load:>6.1f}")
     if len(rows) >= 2:
         (n0, s0, *_), (n1, s1, *_) = rows[0], rows[-1]
         print(f"time ratio {n1:,}/{n0:,}: {s1 / s0:.2f}x for {n1 / n0:.0f}x the input")

@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import hashlib
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from pipeline import status_io
+from pipeline.match import WithQueries
 
 MODES = ("exact", "metaclip")
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -199,3 +203,61 @@ def apply_selection(candidates: pa.Table, selected: pa.Table, mode: str = "exact
         i = table.schema.get_field_index(name)
         table = table.set_column(i, WORK_SCHEMA.field(name), values)
     return table
+
+
+# --- Beam -----------------------------------------------------------------------
+
+
+class _SelectFn(WithQueries):
+    def __init__(self, handle, querylist, mode, cap, seed):
+        super().__init__(handle, querylist)
+        self.mode, self.cap, self.seed = mode, cap, seed
+        self._keys: dict[int, int] = {}
+
+    def _key(self, qid: int) -> int:
+        if qid not in self._keys:
+            self._keys[qid] = query_key(self.seed, self.q.queries[qid])
+        return self._keys[qid]
+
+    def process(self, kv):
+        _bucket, tables = kv
+        pairs = pa.concat_tables(list(tables))
+        keys = {int(q): self._key(int(q)) for q in pc.unique(pairs["qid"]).to_pylist()}
+        chosen = select_pairs(pairs, keys, self.mode, self.cap)
+        if chosen.num_rows == 0:
+            return
+        yield from pairs_by_uid_bucket(chosen, status_io.N_BUCKETS)
+
+
+def _join_selection(kv, mode):
+    bucket, grouped = kv
+    candidates = list(grouped["candidates"])
+    if not candidates:
+        return
+    table = pa.concat_tables(candidates)
+    chosen = list(grouped["selected"])
+    selected = pa.concat_tables(chosen) if chosen else PAIR_SCHEMA.empty_table()
+    yield bucket, apply_selection(table, selected, mode)
+
+
+class BalancePerQuery(beam.PTransform):
+    """Count per query and select <= t per query; emits candidates with status kept/not_selected."""
+
+    def __init__(self, handle, querylist, mode, cap, seed):
+        super().__init__()
+        self.args = (handle, querylist, mode, cap, seed)
+        self.mode = mode
+
+    def expand(self, matched):
+        selected = (
+            matched
+            | "Pairs" >> beam.FlatMap(lambda kv: pairs_by_query_bucket(kv[1], status_io.N_BUCKETS))
+            | "ByQueryBucket" >> beam.GroupByKey()
+            | "Select" >> beam.ParDo(_SelectFn(*self.args))
+        )
+        mode = self.mode
+        return (
+            {"candidates": matched, "selected": selected}
+            | "JoinSelection" >> beam.CoGroupByKey()
+            | "Apply" >> beam.FlatMap(_join_selection, mode)
+        )

@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"wit-build: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        print(f"wit-build: {e}", file=sys.stderr)
+        return 1
     print(summary_table(manifest))
     return 0
 

@@ -27,10 +27,10 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from pipeline.extract_html import TEXT_MODES, parse_page
+from pipeline.extract_html import TEXT_MODES, decode_html, parse_page
 from pipeline.fetch import Fetcher, FetchOptions, FetchResult
 from pipeline.read_tabular import RAW_SCHEMA
-from pipeline.schema import BLOCKED_ADDRESS, FETCH_FAILED, OPTED_OUT
+from pipeline.schema import BLOCKED_ADDRESS, FETCH_FAILED, OPTED_OUT, PAGE_SCHEMA
 
 FETCHED = "fetched"
 ROBOTS_DISALLOWED = "robots_disallowed"
@@ -182,10 +182,19 @@ def crawl_page(fetcher: Fetcher, pacer: HostPacer, url: str, options: CrawlOptio
     if not result.ok:
         return PageResult(url, *page_status(result))
     try:
-        parsed = parse_page(result.data or b"", result.final_url or url, options.page_text)
+        text = decode_html(result.data or b"", result.charset)
+        parsed = parse_page(text, result.final_url or url, options.page_text)
     except Exception as err:  # noqa: BLE001 - one unparseable page must not stop the host
         return PageResult(url, FETCH_FAILED, f"parse_error {type(err).__name__}")
     return PageResult(url, FETCHED, None, parsed.images, parsed.links)
+
+
+def _crawl_page_safely(fetcher, pacer, url: str, options: CrawlOptions) -> PageResult:
+    """crawl_page, with any surprise recorded on the page instead of failing the bundle."""
+    try:
+        return crawl_page(fetcher, pacer, url, options)
+    except Exception as err:  # noqa: BLE001 - every page must still get its one row
+        return PageResult(url, FETCH_FAILED, f"crawl_error {type(err).__name__}")
 
 
 def _followed(host: str, fetched: Iterable[PageResult], seen: set[str], budget: int) -> list[str]:
@@ -227,7 +236,7 @@ def crawl_host(
     with ThreadPoolExecutor(options.pages_in_flight_per_host) as pool:
 
         def crawl_all(batch: list[str]) -> list[PageResult]:
-            return list(pool.map(lambda u: crawl_page(fetcher, pacer, u, options), batch))
+            return list(pool.map(lambda u: _crawl_page_safely(fetcher, pacer, u, options), batch))
 
         listed = crawl_all(todo)
         results += listed
@@ -256,8 +265,7 @@ def candidates_table(page: PageResult) -> pa.Table | None:
 
 
 def pages_table(rows: list[dict]) -> pa.Table:
-    from pipeline.schema import PAGE_SCHEMA
-
+    """Page rows as an Arrow table in the documented schema."""
     return pa.Table.from_pylist(rows, schema=PAGE_SCHEMA)
 
 
@@ -420,8 +428,6 @@ class CrawlPageLists(beam.PTransform):
 
     def expand(self, pbegin):
         from apache_beam.io.filesystems import FileSystems
-
-        from pipeline.schema import PAGE_SCHEMA
 
         crawled = (
             pbegin

@@ -11,29 +11,13 @@ one bucket, where this module's plain functions decide.
 
 from __future__ import annotations
 
-import numpy as np
+import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.normalize import row_uid
 from pipeline.schema import DUPLICATE
-from pipeline.status_io import N_BUCKETS, uid_buckets
-
-
-def split_by_bucket(table: pa.Table, n_buckets: int = N_BUCKETS) -> list[tuple[int, pa.Table]]:
-    """(bucket, rows of that bucket) for every bucket present in ``table``."""
-    if table.num_rows == 0:
-        return []
-    buckets = uid_buckets(table["uid"], n_buckets)
-    order = np.argsort(buckets, kind="stable")
-    sorted_buckets = buckets[order]
-    cuts = np.flatnonzero(np.diff(sorted_buckets)) + 1
-    starts = np.concatenate(([0], cuts))
-    ends = np.concatenate((cuts, [len(order)]))
-    return [
-        (int(sorted_buckets[s]), table.take(pa.array(order[s:e])))
-        for s, e in zip(starts, ends, strict=True)
-    ]
+from pipeline.status_io import FINAL
 
 
 def resolve_duplicates(table: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -65,3 +49,22 @@ def resolve_duplicates(table: pa.Table) -> tuple[pa.Table, pa.Table]:
         dups.schema.get_field_index("reason"), "reason", pa.array(dup_reasons, pa.string())
     )
     return winners, dups
+
+
+# --- Beam ---------------------------------------------------------------------------------
+
+
+def _dedup_bucket(kv):
+    bucket, tables = kv
+    winners, dups = resolve_duplicates(pa.concat_tables(list(tables)))
+    yield beam.pvalue.TaggedOutput(FINAL, dups)
+    yield bucket, winners
+
+
+class Dedup(beam.PTransform):
+    def expand(self, keyed):
+        return (
+            keyed
+            | "ByUidBucket" >> beam.GroupByKey()
+            | "FirstCopyWins" >> beam.FlatMap(_dedup_bucket).with_outputs(FINAL, main="unique")
+        )

@@ -41,7 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__)
     ap.add_argument("--out", default="demo-out", help="where everything goes (default demo-out)")
     ap.add_argument("--images", type=int, default=6000, help="synthetic training images")
-    ap.add_argument("--train-minutes", type=float, default=4.0)
     ap.add_argument("--steps", type=int, default=900, help="training steps (capped by time)")
     ap.add_argument("--batch-size", type=int, default=96)
     ap.add_argument("--cap", type=int, default=1500, help="--per-query-cap for the demo corpus")
@@ -114,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
             "--model", "tiny-vit",
             "--out", str(run),
             "--steps", str(args.steps),
-            "--max-minutes", str(args.train_minutes),
             "--batch-size", str(args.batch_size),
             "--workers", "1",
         ],

@@ -10,6 +10,7 @@ the image's `title` attribute or its `<figure>`'s `<figcaption>` are opt-in alte
 
 from __future__ import annotations
 
+import codecs
 import re
 from dataclasses import dataclass
 from urllib.parse import urldefrag, urljoin, urlsplit
@@ -19,8 +20,32 @@ from selectolax.lexbor import LexborHTMLParser as HTMLParser
 TEXT_MODES = ("alt", "title", "figcaption")
 _SPACE = re.compile(r"\s+")
 _WS = " \t\n\r\f"
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([a-zA-Z0-9_.:-]+)""", re.I)
 #: How far up from an <img> a <figure> is looked for (figure > a > picture > img is common).
 _FIGURE_DEPTH = 6
+
+
+def _codec(name: str | None) -> str | None:
+    if not name:
+        return None
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return None
+
+
+def decode_html(body: bytes, charset: str | None = None) -> str:
+    """Page bytes as text: the HTTP charset, else a `<meta>` charset in the first 4 KiB,
+    else UTF-8, else windows-1252 (what browsers assume for legacy pages)."""
+    meta = _META_CHARSET.search(body[:4096])
+    for name in (charset, meta.group(1).decode("ascii") if meta else None):
+        codec = _codec(name)
+        if codec:
+            return body.decode(codec, errors="replace")
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return body.decode("cp1252", errors="replace")
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,7 @@ class FetchResult:
     content_type: str | None = None
     redirects: int = 0
     http_code: int | None = None
+    charset: str | None = None  # the Content-Type's charset parameter, if any
 
     @property
     def ok(self) -> bool:
@@ -151,6 +152,15 @@ def x_robots_opt_out(value: str | None, token: str = ROBOTS_TOKEN) -> str | None
         for directive in part.split():
             if directive in OPT_OUT_DIRECTIVES:
                 return directive
+    return None
+
+
+def charset_of(params: str) -> str | None:
+    """The charset named in Content-Type parameters (`; charset="utf-8"` -> `utf-8`)."""
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip("\"'"):
+            return value.strip().strip("\"'").lower()
     return None
 
 
@@ -333,10 +343,12 @@ class Fetcher:
                 return FetchResult(
                     url, FETCH_FAILED, f"http_{reply.code}", redirects=hop, http_code=reply.code
                 )
-            ctype = reply.headers.get("content-type", "").split(";")[0].strip().lower()
+            ctype, _, params = reply.headers.get("content-type", "").partition(";")
+            ctype = ctype.strip().lower()
             return FetchResult(
-                url, None, None, reply.body, prepared.url, ctype or None, hop, reply.code
-            )
+                url, None, None, reply.body, prepared.url, ctype or None, hop, reply.code,
+                charset_of(params),
+            )  # fmt: skip
         return FetchResult(url, FETCH_FAILED, "too_many_redirects", redirects=opts.max_redirects)
 
     def _headers(self, purpose: str) -> dict[str, str]:

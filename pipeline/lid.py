@@ -18,6 +18,12 @@ import functools
 import pathlib
 import threading
 
+import apache_beam as beam
+
+from pipeline import status_io
+from pipeline.schema import LANGUAGE_REJECTED
+from pipeline.status_io import FINAL, split_final
+
 MIN_CONFIDENCE = 0.0
 BACKENDS = ("fasttext", "langdetect", "none")
 
@@ -115,3 +121,39 @@ class LanguageIdentifier:
 
     def rejections(self, captions: list[str]) -> list[str | None]:
         return [self.rejection(c) for c in captions]
+
+
+# --- Beam ---
+
+
+class _LanguageFn(beam.DoFn):
+    def __init__(self, backend: str):
+        self.backend = backend
+
+    def setup(self):
+        self.lid = LanguageIdentifier(self.backend)
+
+    def process(self, kv):
+        bucket, table = kv
+        if self.backend == "none":
+            yield bucket, table
+            return
+        langs = self.lid.rejections(table["caption"].to_pylist())
+        table = status_io.with_columns(
+            table,
+            status=[LANGUAGE_REJECTED if lang else None for lang in langs],
+            reason=langs,
+        )
+        done, rest = split_final(table, [lang is not None for lang in langs])
+        yield beam.pvalue.TaggedOutput(FINAL, done)
+        if rest.num_rows:
+            yield bucket, rest
+
+
+class IdentifyLanguage(beam.PTransform):
+    def __init__(self, backend: str):
+        super().__init__()
+        self.backend = backend
+
+    def expand(self, keyed):
+        return keyed | beam.ParDo(_LanguageFn(self.backend)).with_outputs(FINAL, main="english")

@@ -22,7 +22,14 @@ import sys
 from collections.abc import Iterable, Sequence
 
 import ahocorasick
+import apache_beam as beam
 import numpy as np
+import pyarrow as pa
+from apache_beam.utils import shared
+
+from pipeline import status_io
+from pipeline.schema import NO_MATCH
+from pipeline.status_io import FINAL, split_final
 
 
 def normalize_for_match(text: str) -> str:
@@ -176,3 +183,50 @@ def read_querylist(path: str) -> list[str]:
     if not seen:
         raise ValueError(f"query list {path} holds no queries")
     return list(seen)
+
+
+class SharedQueries:
+    """What a worker needs of the query list; one instance per process via ``Shared``."""
+
+    def __init__(self, path: str):
+        self.queries = read_querylist(path)
+        self.names = pa.array(self.queries, pa.string())
+        self.matcher = QueryMatcher(self.queries)
+
+
+class WithQueries(beam.DoFn):
+    """A DoFn that needs the query list: loaded once per worker process, not per DoFn."""
+
+    def __init__(self, handle: shared.Shared, querylist: str):
+        self._handle, self._path = handle, querylist
+
+    def setup(self):
+        path = self._path
+        self.q = self._handle.acquire(lambda: SharedQueries(path), tag=path)
+
+
+# --- Beam -------------------------------------------------------
+
+
+class _MatchFn(WithQueries):
+    def process(self, kv):
+        bucket, table = kv
+        qids = self.q.matcher.match_many(table["caption"].to_pylist())
+        table = status_io.with_columns(
+            table, qids=qids, status=[None if q else NO_MATCH for q in qids]
+        )
+        done, rest = split_final(table, [not q for q in qids])
+        yield beam.pvalue.TaggedOutput(FINAL, done)
+        if rest.num_rows:
+            yield bucket, rest
+
+
+class MatchQueries(beam.PTransform):
+    def __init__(self, handle, querylist):
+        super().__init__()
+        self.handle, self.querylist = handle, querylist
+
+    def expand(self, keyed):
+        return keyed | beam.ParDo(_MatchFn(self.handle, self.querylist)).with_outputs(
+            FINAL, main="matched"
+        )

@@ -13,7 +13,14 @@ import html
 import re
 from typing import NamedTuple
 
+import apache_beam as beam
 import ftfy
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import status_io
+from pipeline.schema import CAPTION_REJECTED
+from pipeline.status_io import FINAL
 
 MIN_CAPTION_CHARS = 5
 MAX_CAPTION_CHARS = 1000
@@ -127,3 +134,38 @@ def normalize_row(
     if reason:
         return Normalized(row_uid(source, row), u or None, c or None, reason)
     return Normalized(candidate_uid(u, c), u, c, None)
+
+
+def normalize_table(raw: pa.Table) -> pa.Table:
+    """RAW_SCHEMA -> WORK_SCHEMA with uid, normalized url/caption and caption_rejected rows."""
+    cols = {k: [] for k in ("uid", "url", "caption", "source", "row", "status", "reason")}
+    for url, cap, source, row, err in zip(
+        *(raw[c].to_pylist() for c in ("url", "caption", "source", "row", "error")), strict=True
+    ):
+        n = normalize_row(url, cap, source, row, err)
+        cols["uid"].append(n.uid)
+        cols["url"].append(n.url)
+        cols["caption"].append(n.caption)
+        cols["source"].append(source)
+        cols["row"].append(row)
+        cols["status"].append(CAPTION_REJECTED if n.reason else None)
+        cols["reason"].append(n.reason)
+    return status_io.work_table(cols)
+
+
+# --- Beam ---------------------------------------------------------------------
+
+
+class _NormalizeFn(beam.DoFn):
+    def process(self, raw):
+        table = normalize_table(raw)
+        rejected = pc.is_valid(table["status"])
+        yield beam.pvalue.TaggedOutput(FINAL, table.filter(rejected))
+        yield from status_io.split_by_bucket(table.filter(pc.invert(rejected)))
+
+
+class NormalizeCaptions(beam.PTransform):
+    """raw tables -> (uid bucket, accepted rows) and, tagged ``final``, rejected rows."""
+
+    def expand(self, raw):
+        return raw | beam.ParDo(_NormalizeFn()).with_outputs(FINAL, main="accepted")

@@ -177,3 +177,27 @@ def odd_images() -> dict[str, bytes]:
         "grey.jpg": _encode(base.convert("L"), "JPEG", quality=90),
         "rgba.png": _encode(base.convert("RGBA"), "PNG"),
     }
+
+
+def noise_jpegs(folder: Path, n: int, side: int = 96, seed: int = 0) -> list[str]:
+    """n distinct JPEGs of random pixels (they compress badly, which the disk tests want)."""
+    import random
+
+    rng = random.Random(seed)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n):
+        img = Image.frombytes("RGB", (side, side), rng.randbytes(side * side * 3))
+        name = f"noise-{i:04d}.jpg"
+        img.save(Path(folder) / name, format="JPEG", quality=90)
+        names.append(name)
+    return names
+
+
+def candidates_parquet(path: Path, urls: list[str], caption: str = "a red circle photo") -> Path:
+    """A candidate file whose captions all match QUERIES and differ per row."""
+    import pyarrow as pa
+
+    captions = [f"{caption} number {i}" for i in range(len(urls))]
+    pq.write_table(pa.table({"url": urls, "caption": captions}), path)
+    return path

@@ -17,8 +17,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils import shared
 
 from pipeline import balance, status_io
-from pipeline.dedup import split_by_bucket
-from pipeline.job import BalancePerQuery
+from pipeline.status_io import split_by_bucket
 
 QUERIES = [f"query{i}" for i in range(60)]
 
@@ -144,7 +143,7 @@ def test_balance_stage_in_beam_equals_plain_functions(tmp_path, mode):
         out = (
             p
             | beam.Create(keyed)
-            | BalancePerQuery(shared.Shared(), str(qpath), mode, 30, 0)
+            | balance.BalancePerQuery(shared.Shared(), str(qpath), mode, 30, 0)
             | beam.FlatMap(lambda kv: list(zip(kv[1]["uid"].to_pylist(), kv[1]["status"].to_pylist(),
                                                [tuple(s or ()) for s in kv[1]["sel"].to_pylist()], strict=True)))
         )  # fmt: skip

@@ -13,7 +13,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from conftest import shared_path
 
 from pipeline import lid, status_io
-from pipeline.job import FINAL, IdentifyLanguage
+from pipeline.lid import IdentifyLanguage
+from pipeline.status_io import FINAL
 
 NON_ENGLISH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "lid_non_english.tsv"
 

@@ -15,8 +15,8 @@ from apache_beam.utils import shared
 from conftest import NAIVE_MATCHER, shared_path
 
 from pipeline import status_io
-from pipeline.job import FINAL, MatchQueries
-from pipeline.match import QueryMatcher, alnum_runs, read_querylist
+from pipeline.match import MatchQueries, QueryMatcher, alnum_runs, read_querylist
+from pipeline.status_io import FINAL
 
 TRICKY_QUERIES = [
     "c++",

