@@ -221,6 +221,8 @@ def run_job(cfg: JobConfig) -> dict:
     start = time.perf_counter()
     queries = read_querylist(cfg.querylist)  # fails early, with one line, when unreadable
     plan = plan_inputs(cfg.inputs, cfg.input_format, cfg.url_col, cfg.caption_col)
+    if not plan.files:
+        raise ValueError(f"none of the {len(plan.unreadable)} input files can be read")
     os.makedirs(cfg.out, exist_ok=True)
     errors_dir = _prepare_out(cfg.out)
     print(f"wit-build: {len(plan.files)} input files in {len(plan.units)} units, "

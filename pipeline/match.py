@@ -5,13 +5,13 @@ and whitespace runs collapsed; a query matches where no letter or digit (``str.i
 sits directly before or after it.
 
 Speed: a query that starts and ends with an alphanumeric character (all but ~0.2% of a
-real list) can only occur from the start of an alnum run of the text to the end of an alnum
-run. So the matcher finds the runs once and looks up each span of at most K runs (K = the
-most runs in any query) in a hash table of the queries: ~10 lookups per word instead of a
-scan over the query list. This was measured faster than an Aho-Corasick pass over a
-500k-pattern automaton (~50 us per caption, dominated by cache misses) and it reports only
-true matches. The remaining queries ("c++", "©", emoji) go through a small pyahocorasick
-automaton over the plain text with an explicit boundary check.
+real list) can only occur from the start of an alnum run of the text to the end of one.
+So the matcher splits the text into runs once and looks each run up in a hash table of
+the queries, extending to the following runs only where some longer query continues: about
+one lookup per word instead of a scan over the query list. This was measured ~4x faster
+than an Aho-Corasick pass over a 500k-pattern automaton with word-boundary markers, and it
+reports only true matches. The remaining queries ("c++", "©", emoji) go through a small
+pyahocorasick automaton over the plain text with an explicit boundary check.
 """
 
 from __future__ import annotations

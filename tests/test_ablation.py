@@ -1,4 +1,4 @@
-"""bench/ablation_balance.py: its helpers, and a tiny end-to-end run of the real commands."""
+"""bench/ablation_balance.py and its report helpers, and a tiny end-to-end run of the real\ncommands (wit-build, wit-train, wit-eval) that checks the JSON against the docs table."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def _load():
 
 
 ab = _load()
+import ablation_report as rep  # noqa: E402 - importable once the script put bench/ on the path
 
 
 def test_scaled_cap_keeps_the_requested_share_of_a_zipf_pool():
@@ -65,12 +66,12 @@ def test_group_views_keep_every_class_but_only_the_group_images(tmp_path):
 
 
 def test_replace_section_rewrites_only_the_marked_part():
-    old = f"# Experiments\n\nintro\n\n{ab.SECTION_BEGIN}\nold table\n{ab.SECTION_END}\n\nafter\n"
-    new = ab.replace_section(old, f"{ab.SECTION_BEGIN}\nnew table\n{ab.SECTION_END}")
+    old = f"# Experiments\n\nintro\n\n{rep.SECTION_BEGIN}\nold table\n{rep.SECTION_END}\n\nafter\n"
+    new = rep.replace_section(old, f"{rep.SECTION_BEGIN}\nnew table\n{rep.SECTION_END}")
     assert "old table" not in new and "new table" in new
     assert new.startswith("# Experiments\n\nintro") and new.endswith("after\n")
-    appended = ab.replace_section("# Experiments\n", f"{ab.SECTION_BEGIN}\nx\n{ab.SECTION_END}")
-    assert appended.count(ab.SECTION_BEGIN) == 1
+    appended = rep.replace_section("# Experiments\n", f"{rep.SECTION_BEGIN}\nx\n{rep.SECTION_END}")
+    assert appended.count(rep.SECTION_BEGIN) == 1
 
 
 def test_verdict_claims_a_difference_only_beyond_the_seed_noise():
@@ -82,12 +83,10 @@ def test_verdict_claims_a_difference_only_beyond_the_seed_noise():
             out.append({"seed": seed, "corpus": "unbalanced", **base, "tail": ut})
         return out
 
-    assert "tail recall +20.0 points (balanced better)" in ab.verdict(
-        ab.summarize(runs([0.30, 0.32, 0.31]))
+    assert "tail recall +20.0 points (balanced better)" in rep.verdict(
+        rep.summarize(runs([0.30, 0.32, 0.31]))
     )
-    assert "tail recall +0.0 points (within" in ab.verdict(
-        ab.summarize(runs([0.10, 0.12, 0.11]))
-    )
+    assert "tail recall +0.0 points (within" in rep.verdict(rep.summarize(runs([0.10, 0.12, 0.11])))
 
 
 def _pct(stat_text: str) -> tuple[float, float | None]:
@@ -101,7 +100,7 @@ def test_tiny_run_writes_json_and_a_docs_table_that_agree(tmp_path):
     out = tmp_path / "ablation.json"
     docs = tmp_path / "experiments.md"
     docs.write_text(
-        f"# Experiments\n\nhand-written text\n\n{ab.SECTION_BEGIN}\nstale\n{ab.SECTION_END}\n"
+        f"# Experiments\n\nhand-written text\n\n{rep.SECTION_BEGIN}\nstale\n{rep.SECTION_END}\n"
     )
     plot = tmp_path / "img" / "ablation.png"
     argv = [
@@ -120,8 +119,16 @@ def test_tiny_run_writes_json_and_a_docs_table_that_agree(tmp_path):
         (s, c) for s in (0, 1) for c in ("balanced", "unbalanced")
     }
     for r in runs:
-        assert set(r) == {"seed", "corpus", "top1", "mean_per_class_recall", "head", "torso", "tail"}
-        for m in ab.METRICS:
+        assert set(r) == {
+            "seed",
+            "corpus",
+            "top1",
+            "mean_per_class_recall",
+            "head",
+            "torso",
+            "tail",
+        }
+        for m in rep.METRICS:
             assert 0.0 <= r[m] <= 1.0
         # uniform test set, equal thirds: top-1 is the mean of the three thirds' recalls
         assert r["top1"] == pytest.approx((r["head"] + r["torso"] + r["tail"]) / 3, abs=1e-9)
@@ -139,13 +146,13 @@ def test_tiny_run_writes_json_and_a_docs_table_that_agree(tmp_path):
     # The docs table agrees with the runs in the JSON (recomputed here, not read back).
     text = docs.read_text()
     assert "stale" not in text and "hand-written text" in text
-    table = ab.parse_section_table(text)
+    table = rep.parse_section_table(text)
     assert set(table) == {"balanced", "unbalanced"}
     for corpus, row in table.items():
         assert int(row["pairs kept"].replace(",", "")) == corpora[corpus]["kept"]
-        for m in ab.METRICS:
+        for m in rep.METRICS:
             values = [r[m] for r in runs if r["corpus"] == corpus]
-            mean, std = _pct(row[ab.METRIC_TITLES[m]])
+            mean, std = _pct(row[rep.METRIC_TITLES[m]])
             assert mean == pytest.approx(100 * statistics.fmean(values), abs=0.051)
             assert std == pytest.approx(100 * statistics.stdev(values), abs=0.051)
     assert plot.is_file() and plot.stat().st_size > 1000

@@ -162,6 +162,14 @@ def test_command_line_errors_are_one_line(corpus, tmp_path, capsys):
                    "--out", str(tmp_path / "o"), "--no-fetch"])  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "matches no file" in err and len(err.splitlines()) == 1
+    rc = cli.main(["--querylist", str(root / "queries.txt"), "--input", str(root / "cands" / "broken.parquet"),
+                   "--out", str(tmp_path / "o"), "--no-fetch"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        rc == 2
+        and "broken.parquet" in err[0]
+        and err[-1] == "wit-build: none of the 1 input files can be read"
+    )
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--querylist", "q", "--input", "x", "--out", "o", "--per-query-cap", "lots"])
     assert exit_.value.code == 2
@@ -196,3 +204,60 @@ def test_fetching_job_on_the_fixture_web(tmp_path):
         assert by_url[base + path] == expected, path
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert sum(s["samples"] for s in manifest["shards"]) == len(kept) == manifest["totals"]["kept"]
+
+
+def test_dedup_winner_does_not_depend_on_arrival_order():
+    import random
+
+    import pyarrow as pa
+
+    from pipeline.dedup import resolve_duplicates
+    from pipeline.status_io import work_table
+
+    rows = [("u1", "b.tsv", 5), ("u1", "a.tsv", 9), ("u1", "a.tsv", 2), ("u2", "c.tsv", 0)]
+    outcomes = set()
+    for seed in range(6):
+        shuffled = random.Random(seed).sample(rows, len(rows))
+        table = work_table({"uid": [r[0] for r in shuffled], "source": [r[1] for r in shuffled],
+                            "row": [r[2] for r in shuffled]})  # fmt: skip
+        winners, dups = resolve_duplicates(pa.concat_tables([table]))
+        outcomes.add((
+            tuple(zip(winners["uid"].to_pylist(), winners["source"].to_pylist(), winners["row"].to_pylist(), strict=True)),
+            tuple(sorted(zip(dups["reason"].to_pylist(), dups["status"].to_pylist(), strict=True))),
+        ))  # fmt: skip
+    assert outcomes == {(
+        (("u1", "a.tsv", 2), ("u2", "c.tsv", 0)),
+        (("u1", "duplicate"), ("u1", "duplicate")),
+    )}  # fmt: skip
+
+
+def test_dedup_stage_in_beam():
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipeline.dedup import Dedup
+    from pipeline.normalize import candidate_uid
+    from pipeline.status_io import FINAL, split_by_bucket, work_table
+
+    uid = candidate_uid("http://a.org/1.jpg", "a red bus")
+    other = candidate_uid("http://a.org/2.jpg", "a red bus")
+    first = work_table({"uid": [uid, other], "source": ["b.tsv", "b.tsv"], "row": [1, 2]})
+    second = work_table({"uid": [uid], "source": ["a.tsv"], "row": [7]})
+    keyed = split_by_bucket(first) + split_by_bucket(second)
+    with BeamTestPipeline(runner=FnApiRunner()) as p:
+        out = p | beam.Create(keyed) | Dedup()
+        unique = out.unique | "u" >> beam.FlatMap(
+            lambda kv: zip(kv[1]["uid"].to_pylist(), kv[1]["source"].to_pylist(), strict=True)
+        )
+        dups = out[FINAL] | "d" >> beam.FlatMap(
+            lambda t: zip(
+                t["status"].to_pylist(),
+                t["reason"].to_pylist(),
+                t["source"].to_pylist(),
+                strict=True,
+            )
+        )
+        assert_that(unique, equal_to([(uid, "a.tsv"), (other, "b.tsv")]), label="unique")
+        assert_that(dups, equal_to([("duplicate", uid, "b.tsv")]), label="dups")

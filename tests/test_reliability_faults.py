@@ -59,8 +59,8 @@ def kill_when(argv: list[str], ready, timeout: float = 120) -> str:
     try:
         while time.monotonic() < deadline and child.poll() is None and not ready():
             time.sleep(0.005)
-        assert child.poll() is None, "wit-build ended before the kill point: " + (
-            child.stderr.read().decode()[-2000:]
+        assert child.poll() is None, (
+            "wit-build ended before the kill point: " + (child.stderr.read().decode()[-2000:])
         )
         assert ready(), "the kill point was not reached in time"
         os.killpg(child.pid, signal.SIGKILL)

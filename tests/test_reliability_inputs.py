@@ -19,12 +19,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from warcio.statusandheaders import StatusAndHeaders
-from warcio.warcwriter import WARCWriter
-
-from pipeline.fixtures.candidates import ENDPOINT_STATUS
-from pipeline.fixtures.web import FixtureWeb, render_page
-from pipeline.schema import STATUSES
 from reliability_helpers import (
     IN_PROCESS,
     assert_status_invariant,
@@ -36,6 +30,12 @@ from reliability_helpers import (
     status_rows,
     write_queries,
 )
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
+
+from pipeline.fixtures.candidates import ENDPOINT_STATUS
+from pipeline.fixtures.web import FixtureWeb, render_page
+from pipeline.schema import STATUSES
 
 GOOD = "a small red circle on a white background"
 HOST = "http://127.0.0.1:9"  # never contacted: these runs do not fetch
@@ -102,61 +102,101 @@ CASES: dict[str, tuple[bytes, tuple]] = {
     "truncated.warc.gz": (WARC[: len(WARC) * 2 // 3], ("partial", None)),
     "garbage.warc.gz": (b"WARC/1.0\r\nthis is not a record\r\n" * 50, ("partial", 0)),
     "bad-gzip.warc.gz": (b"\x1f\x8b\x08\x00" + b"\x00" * 6 + b"not deflate" * 100, ("partial", 0)),
-    "flipped.warc.gz": (WARC[:HALF] + bytes(b ^ 0x5A for b in WARC[HALF : HALF + 200])
-                        + WARC[HALF + 200 :], ("partial", None)),  # fmt: skip
+    "flipped.warc.gz": (
+        WARC[:HALF] + bytes(b ^ 0x5A for b in WARC[HALF : HALF + 200]) + WARC[HALF + 200 :],
+        ("partial", None),
+    ),
     "empty.warc.gz": (b"", ("rows", {})),
     "bad-json-first.wat.gz": (wat_bytes(True), ("rows", {"no_match": 0, "total": 1})),
     "bad-json-last.wat.gz": (wat_bytes(False), ("rows", {"total": 1})),
     "bad-gzip.wat.gz": (gzip.compress(b"x" * 1000)[:30], ("partial", 0)),
     # tabular
-    "no-url-column.parquet": (parquet_bytes(pa.table({"caption": [GOOD]})),
-                              ("unreadable", "url column")),  # fmt: skip
-    "no-columns.parquet": (parquet_bytes(pa.table({"a": [1], "b": [2]})),
-                           ("unreadable", "column")),  # fmt: skip
-    "int-columns.parquet": (parquet_bytes(pa.table({"url": [1, 2], "caption": [3, 4]})),
-                            ("rows", {"caption_rejected": 2})),  # fmt: skip
+    "no-url-column.parquet": (
+        parquet_bytes(pa.table({"caption": [GOOD]})),
+        ("unreadable", "url column"),
+    ),
+    "no-columns.parquet": (
+        parquet_bytes(pa.table({"a": [1], "b": [2]})),
+        ("unreadable", "column"),
+    ),
+    "int-columns.parquet": (
+        parquet_bytes(pa.table({"url": [1, 2], "caption": [3, 4]})),
+        ("rows", {"caption_rejected": 2}),
+    ),
     "binary-caption.parquet": (
-        parquet_bytes(pa.table({"url": [f"{HOST}/b.jpg"], "caption": pa.array([b"\xff\xfe" + GOOD.encode()])})),
-        ("rows", {"kept": 1})),  # fmt: skip
+        parquet_bytes(
+            pa.table({"url": [f"{HOST}/b.jpg"], "caption": pa.array([b"\xff\xfe" + GOOD.encode()])})
+        ),
+        ("rows", {"kept": 1}),
+    ),
     "not-parquet.parquet": (b"PAR1" + b"\x00" * 64 + b"PAR1", ("unreadable", "")),
     "truncated.parquet": (
-        parquet_bytes(pa.table({"url": [f"{HOST}/{i}.jpg" for i in range(50)],
-                                "caption": [GOOD] * 50}))[:-40],
-        ("unreadable", "")),  # fmt: skip
+        parquet_bytes(
+            pa.table({"url": [f"{HOST}/{i}.jpg" for i in range(50)], "caption": [GOOD] * 50})
+        )[:-40],
+        ("unreadable", ""),
+    ),
     "broken-quoting.csv": (
         f'url,caption\n{HOST}/q1.jpg,"{GOOD}\n{HOST}/q2.jpg,"a blue ""square"" here\n'
-        f'{HOST}/q3.jpg,a green star that is fine\n'.encode(), ("rows", {"min_total": 1})),
-    "non-utf8.csv": (f"url,caption\n{HOST}/n1.jpg,caf\xe9 red circle \xff\xfe photo\n"
-                     .encode("latin-1"), ("rows", {"kept": 1})),  # fmt: skip
-    "nul-bytes.csv": (f"url,caption\n{HOST}/z1.jpg,a red\x00 circle photo\n{HOST}/z2.jpg,{GOOD}\n"
-                      .encode(), ("rows", {"total": 2})),  # fmt: skip
-    "nul-bytes.tsv": (tsv([(f"{HOST}/t\x00.jpg", "a red circle\x00 photo"), (f"{HOST}/t2.jpg", GOOD)]),
-                      ("rows", {"total": 2})),  # fmt: skip
+        f"{HOST}/q3.jpg,a green star that is fine\n".encode(),
+        ("rows", {"min_total": 1}),
+    ),
+    "non-utf8.csv": (
+        f"url,caption\n{HOST}/n1.jpg,caf\xe9 red circle \xff\xfe photo\n".encode("latin-1"),
+        ("rows", {"kept": 1}),
+    ),
+    "nul-bytes.csv": (
+        f"url,caption\n{HOST}/z1.jpg,a red\x00 circle photo\n{HOST}/z2.jpg,{GOOD}\n".encode(),
+        ("rows", {"total": 2}),
+    ),
+    "nul-bytes.tsv": (
+        tsv([(f"{HOST}/t\x00.jpg", "a red circle\x00 photo"), (f"{HOST}/t2.jpg", GOOD)]),
+        ("rows", {"total": 2}),
+    ),
     "non-utf8-header.tsv": (b"\xff\xfeurl\tcaption\n", ("unreadable", "UTF-8")),
-    "short-rows.tsv": (tsv([(f"{HOST}/s.jpg", GOOD)]) + b"only one field\n\t\n",
-                       ("rows", {"kept": 1, "reason:unreadable_row": 1, "total": 2})),  # fmt: skip
-    "broken.jsonl": (b'{"url": "%s/j.jpg", "caption": "%s"}\n{"url": \n[1, 2]\n"text"\n'
-                     % (HOST.encode(), GOOD.encode()), ("rows", {"kept": 1, "total": 4})),  # fmt: skip
+    "short-rows.tsv": (
+        tsv([(f"{HOST}/s.jpg", GOOD)]) + b"only one field\n\t\n",
+        ("rows", {"kept": 1, "reason:unreadable_row": 1, "total": 2}),
+    ),
+    "broken.jsonl": (
+        b'{"url": "%s/j.jpg", "caption": "%s"}\n{"url": \n[1, 2]\n"text"\n'
+        % (HOST.encode(), GOOD.encode()),
+        ("rows", {"kept": 1, "total": 4}),
+    ),
     "not-an-object.jsonl": (b"[1, 2, 3]\n", ("unreadable", "JSON object")),
     "empty.tsv": (b"", ("rows", {})),
     "header-only.csv": (b"url,caption\n", ("rows", {})),
     "unknown.xyz": (b"whatever", ("unreadable", "unknown format")),
     # text and URLs
-    "text-and-urls.tsv": (tsv([
-        (f"{HOST}/big.jpg", "red circle " * 100_000),  # 1.1 MB caption
-        (f"{HOST}/" + "a" * 10_000 + ".jpg", GOOD + " long url"),
-        ("http://bücher.example/red.jpg", GOOD + " idn"),
-        ("http://xn--bcher-kva.example/red.jpg", GOOD + " punycode"),
-        ("http://[::1/red.jpg", GOOD + " broken ipv6"),
-        ("http://exa mple.com/red.jpg", GOOD + " space"),
-        ("not a url at all", GOOD + " nonsense"),
-        ("http:///red.jpg", GOOD + " no host"),
-        ("data:image/png;base64,iVBORw0KGgo=", GOOD + " data"),
-        ("javascript:alert(1)", GOOD + " js"),
-        ("//cdn.example/red.jpg", GOOD + " scheme-relative"),
-        (f"{HOST}/\u202eevil.jpg", "a red circle with a bidi override \u202e in it"),
-    ]), ("rows", {"total": 12, "reason:too_long": 1, "reason:url_too_long": 1,
-                  "reason:data_uri": 1, "reason:bad_scheme": 3, "kept": 4})),  # fmt: skip
+    "text-and-urls.tsv": (
+        tsv(
+            [
+                (f"{HOST}/big.jpg", "red circle " * 100_000),  # 1.1 MB caption
+                (f"{HOST}/" + "a" * 10_000 + ".jpg", GOOD + " long url"),
+                ("http://bücher.example/red.jpg", GOOD + " idn"),
+                ("http://xn--bcher-kva.example/red.jpg", GOOD + " punycode"),
+                ("http://[::1/red.jpg", GOOD + " broken ipv6"),
+                ("http://exa mple.com/red.jpg", GOOD + " space"),
+                ("not a url at all", GOOD + " nonsense"),
+                ("http:///red.jpg", GOOD + " no host"),
+                ("data:image/png;base64,iVBORw0KGgo=", GOOD + " data"),
+                ("javascript:alert(1)", GOOD + " js"),
+                ("//cdn.example/red.jpg", GOOD + " scheme-relative"),
+                (f"{HOST}/\u202eevil.jpg", "a red circle with a bidi override \u202e in it"),
+            ]
+        ),
+        (
+            "rows",
+            {
+                "total": 12,
+                "reason:too_long": 1,
+                "reason:url_too_long": 1,
+                "reason:data_uri": 1,
+                "reason:bad_scheme": 3,
+                "kept": 4,
+            },
+        ),
+    ),
 }
 
 
@@ -514,7 +554,9 @@ def test_corrupt_checkpoint_is_a_clear_error(trained_run, tmp_path, kind):
     assert str(path) in str(err.value)
 
 
-def test_resume_from_a_corrupt_checkpoint_fails_cleanly(train_corpus, trained_run, tmp_path, capsys):
+def test_resume_from_a_corrupt_checkpoint_fails_cleanly(
+    train_corpus, trained_run, tmp_path, capsys
+):
     _root, good, config = train_corpus
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

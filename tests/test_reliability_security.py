@@ -25,7 +25,6 @@ from reliability_helpers import (
     assert_status_invariant,
     build,
     odd_images,
-    status_rows,
     tar_members,
     write_queries,
 )
@@ -384,7 +383,7 @@ def test_checkpoint_with_a_code_payload_is_refused_and_nothing_runs(tmp_path):
     with pytest.raises(ValueError):
         load_model(path)
     with pytest.raises(LoadError):
-        load_for_eval(path)
+        load_for_eval(str(path))
     assert not marker.exists()
 
 

@@ -166,3 +166,15 @@ def test_run_writes_logs_tensorboard_and_loadable_checkpoints(trained_run):
     assert model.vocab_size == tokenizer.vocab_size < 1000
     for key, value in model.state_dict().items():
         assert torch.equal(value, ckpt["model"][key])
+
+
+def test_bad_arguments_and_inputs_fail_with_one_line(tmp_path, capsys):
+    base = ["--model", "tiny-vit", "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as exc:
+        main(["--shards", "x.tar", *base, "--batch-size", "10", "--accum-steps", "3"])
+    assert exc.value.code == 2
+    assert "divisible by --accum-steps" in capsys.readouterr().err
+    assert main(["--shards", str(tmp_path / "none" / "*.tar"), *base]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"wit-train: error: no shards match '{tmp_path / 'none' / '*.tar'}'"]
+    assert not (tmp_path / "run").exists()

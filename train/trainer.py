@@ -235,6 +235,7 @@ def _run(args, info) -> dict:
         torch.use_deterministic_algorithms(True)
     if args.threads:
         torch.set_num_threads(args.threads)
+    data_mod.expand_shards(args.shards)  # fail on a bad pattern before any model work
     seed_everything(args.seed)
     resume_state = find_resume_state(args, info)
     model, tokenizer = build_model_and_tokenizer(args, resume_state)
