@@ -60,6 +60,13 @@ def _fetch_options(args):
     )
 
 
+def _crawl_options(args):
+    """Page crawling fetches pages even with --no-fetch (which skips only the images)."""
+    from pipeline.crawl import CrawlOptions
+
+    return CrawlOptions(fetch=_fetch_options(args))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
@@ -67,8 +74,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unexpected argument {beam_args[0]!r}")
     if args.per_query_cap < 1:
         parser.error("--per-query-cap must be at least 1")
-    if args.input_format == "pages":
-        parser.error("--input-format pages is not supported by this job")
 
     from pipeline.job import JobConfig, run_job, summary_table
 
@@ -86,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             lid=args.lid,
             no_fetch=args.no_fetch,
             fetch_options=None if args.no_fetch else _fetch_options(args),
+            crawl_options=_crawl_options(args) if args.input_format == "pages" else None,
             beam_args=beam_args,
         )
         manifest = run_job(cfg)

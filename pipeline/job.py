@@ -61,6 +61,7 @@ class JobConfig:
     lid: str = "fasttext"
     no_fetch: bool = False
     fetch_options: object | None = None
+    crawl_options: object | None = None  # pipeline.crawl.CrawlOptions for --input-format pages
     beam_args: list[str] = field(default_factory=list)
 
 
@@ -127,9 +128,34 @@ def _drop_key(kv):
     return kv[1]
 
 
-def build_pipeline(p: beam.Pipeline, cfg: JobConfig, units: list[dict], errors_dir: str) -> None:
+def _candidate_source(cfg: JobConfig, plan, errors_dir: str) -> beam.PTransform:
+    """Where raw candidate tables come from: the input files, or crawled page lists."""
+    if cfg.input_format == "pages":
+        from pipeline.crawl import CrawlPageLists  # the page crawler, only for page lists
+
+        return "CrawlPages" >> CrawlPageLists(plan.files, cfg.crawl_options, cfg.out)
+    return "ReadCandidates" >> ReadCandidates(plan.units, errors_dir)
+
+
+def plan_page_lists(patterns: list[str]):
+    """The page-list files of --input-format pages, checked on the launching machine."""
+    from pipeline.crawl import check_page_list
+    from pipeline.read import Plan, expand_pattern
+
+    plan = Plan()
+    for pattern in patterns:
+        paths = expand_pattern(pattern)
+        if not paths:
+            raise ValueError(f"input {pattern} matches no file")
+        for path in paths:
+            check_page_list(path)
+            plan.files.append(path)
+    return plan
+
+
+def build_pipeline(p: beam.Pipeline, cfg: JobConfig, plan, errors_dir: str) -> None:
     handle = shared.Shared()
-    raw = p | "ReadCandidates" >> ReadCandidates(units, errors_dir)
+    raw = p | _candidate_source(cfg, plan, errors_dir)
     norm = raw | "NormalizeCaptions" >> NormalizeCaptions()
     unique = norm.accepted | "Dedup" >> Dedup()
     matched = unique.unique | "MatchQueries" >> MatchQueries(handle, cfg.querylist)
@@ -190,7 +216,7 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
 
 def _prepare_out(out: str) -> str:
     """Clear the previous run's status/counts (shards stay: writing them is resumable)."""
-    for sub in ("status", "counts", "_read_errors"):
+    for sub in ("status", "counts", "pages", "_read_errors"):
         shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
     for sub in ("status", "counts", "_read_errors"):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
@@ -220,7 +246,11 @@ def run_job(cfg: JobConfig) -> dict:
     """Run the whole job and write status/, counts/ and manifest.json; returns the manifest."""
     start = time.perf_counter()
     queries = read_querylist(cfg.querylist)  # fails early, with one line, when unreadable
-    plan = plan_inputs(cfg.inputs, cfg.input_format, cfg.url_col, cfg.caption_col)
+    pages = cfg.input_format == "pages"
+    if pages:
+        plan = plan_page_lists(cfg.inputs)
+    else:
+        plan = plan_inputs(cfg.inputs, cfg.input_format, cfg.url_col, cfg.caption_col)
     if not plan.files:
         raise ValueError(f"none of the {len(plan.unreadable)} input files can be read")
     os.makedirs(cfg.out, exist_ok=True)
@@ -229,9 +259,9 @@ def run_job(cfg: JobConfig) -> dict:
           f"{len(queries):,} queries", file=sys.stderr)  # fmt: skip
     options = pipeline_options(cfg.beam_args)
     metrics, input_rows = {}, None
-    if plan.units:
+    if plan.units or pages:
         p = beam.Pipeline(options=options)
-        build_pipeline(p, cfg, plan.units, errors_dir)
+        build_pipeline(p, cfg, plan, errors_dir)
         result = p.run()
         result.wait_until_finish()
         metrics = _counters(result, "wit.status")
@@ -245,7 +275,7 @@ def run_job(cfg: JobConfig) -> dict:
     for s, n in zip(*_value_counts(status["status"]), strict=True):
         totals[s] = n
     shards = []
-    if not cfg.no_fetch and plan.units:
+    if not cfg.no_fetch and (plan.units or pages):
         from pipeline.write import finalize_output
 
         shards = finalize_output(cfg.out)
@@ -267,6 +297,7 @@ def run_job(cfg: JobConfig) -> dict:
             "unreadable": plan.unreadable + read_errors,
         },  # fmt: skip
         "shards": shards,
+        "pages": _page_totals(cfg.out) if pages else None,
         "seconds": round(time.perf_counter() - start, 2),
     }
     if input_rows is not None and input_rows != status.num_rows:
@@ -281,6 +312,12 @@ def run_job(cfg: JobConfig) -> dict:
             f"status rows do not match input rows: {manifest['invariant_violation']}"
         )
     return manifest
+
+
+def _page_totals(out: str) -> dict[str, int]:
+    from pipeline.crawl import page_totals
+
+    return page_totals(out)
 
 
 def _counters(result, namespace: str) -> dict[str, int]:

@@ -50,7 +50,7 @@ class Plan:
     unreadable: list[dict] = field(default_factory=list)  # {"path", "error"}
 
 
-def _expand(pattern: str) -> list[str]:
+def expand_pattern(pattern: str) -> list[str]:
     """Files named by a glob; a folder stands for the HTML files under it."""
     import os
 
@@ -73,7 +73,7 @@ def plan_inputs(
     plan = Plan()
     for pattern in patterns:
         try:
-            paths = _expand(pattern)
+            paths = expand_pattern(pattern)
         except Exception as e:  # noqa: BLE001
             raise ValueError(f"cannot list input {pattern}: {e}") from None
         if not paths:

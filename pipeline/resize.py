@@ -18,7 +18,7 @@ from dataclasses import dataclass
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from img2dataset.resizer import Resizer  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
+from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: E402
 
 from pipeline.fetch import FetchOptions  # noqa: E402
 
@@ -85,6 +85,28 @@ def probe(data: bytes) -> tuple[str | None, int, int, str | None]:
     return image_format, width, height, None
 
 
+_ORIENTATION_TAG = 0x0112
+
+
+def upright(data: bytes) -> bytes:
+    """The bytes with EXIF rotation applied, for the few photos that need it.
+
+    OpenCV's `IMREAD_UNCHANGED`, which the Resizer uses, ignores EXIF orientation, so a
+    phone photo would be stored sideways. Rotated images are transposed with PIL and
+    handed on as lossless PNG; every other image passes through untouched.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.getexif().get(_ORIENTATION_TAG, 1) in (None, 1):
+                return data
+            turned = ImageOps.exif_transpose(img)
+            buf = io.BytesIO()
+            turned.save(buf, format="PNG")
+            return buf.getvalue()
+    except Exception:  # a damaged EXIF block: keep the pixels as they are
+        return data
+
+
 class ImageResizer:
     """Callable that turns downloaded bytes into a `ResizedImage`; safe to share."""
 
@@ -112,8 +134,12 @@ class ImageResizer:
             reason = "truncated"
         if reason:
             return ResizedImage(digest, reason=reason)
+        if image_format == "JPEG" or image_format == "TIFF":
+            data_for_resize = upright(data)
+        else:
+            data_for_resize = data
         with _RESIZE_LOCK:
-            out, width, height, orig_w, orig_h, err = self._resizer(io.BytesIO(data))
+            out, width, height, orig_w, orig_h, err = self._resizer(io.BytesIO(data_for_resize))
         if err is not None or out is None:
             text = str(err or "no output")
             return ResizedImage(digest, reason=_RESIZER_REASONS.get(text, f"decode {text}"))

@@ -261,3 +261,36 @@ def test_dedup_stage_in_beam():
         )
         assert_that(unique, equal_to([(uid, "a.tsv"), (other, "b.tsv")]), label="unique")
         assert_that(dups, equal_to([("duplicate", uid, "b.tsv")]), label="dups")
+
+
+@pytest.mark.slow
+def test_page_list_input_crawls_pages_into_candidates(tmp_path):
+    """--input-format pages: listed pages are crawled; their images flow through the stages."""
+    from pipeline.fixtures.web import FixtureWeb
+
+    (tmp_path / "queries.txt").write_text("red\nblue\ncircle\n", encoding="utf-8")
+    pages = {
+        "a": [("/images/1.jpg", "a red circle on grey"), ("/images/2.jpg", "IMG_0042.jpg")],
+        "b": [("/images/3.jpg", "a blue square"), ("/images/4.jpg", "a green star")],
+    }
+    with FixtureWeb(pages=pages) as web:
+        listed = [
+            web.url("/pages/a.html"),
+            web.url("/pages/b.html"),
+            web.url("/pages/missing.html"),
+        ]
+        (tmp_path / "pages.txt").write_text("\n".join(listed) + "\n", encoding="utf-8")
+        rc = cli.main([
+            "--querylist", str(tmp_path / "queries.txt"), "--out", str(tmp_path / "out"),
+            "--input", str(tmp_path / "pages.txt"), "--input-format", "pages", "--no-fetch",
+            "--allow-private-addresses", *IN_PROCESS,
+        ])  # fmt: skip
+    assert rc == 0
+    rows = {r["caption"]: r for r in read_status(str(tmp_path / "out")).to_pylist()}
+    assert len(rows) == 4
+    assert rows["a red circle on grey"]["status"] == "kept"
+    assert rows["a red circle on grey"]["url"] == image_1
+    assert rows["IMG_0042.jpg"]["reason"] == "filename_like"
+    assert rows["a green star"]["status"] == "no_match"
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["pages"]["fetched"] == 2 and sum(manifest["pages"].values()) == 3

@@ -390,13 +390,9 @@ def test_odd_image(fetch_run, name):
     )
 
 
-@pytest.mark.xfail(
-    reason="BUG: pipeline/resize.py ImageResizer ignores the EXIF Orientation tag "
-    "(img2dataset's Resizer decodes with OpenCV IMREAD_UNCHANGED): a JPEG stored 64x32 "
-    "with Orientation=6 displays 32x64 but is recorded and re-encoded as 64x32, sideways",
-    strict=True,
-)
 def test_exif_rotated_jpeg_is_stored_upright(fetch_run):
+    """img2dataset's Resizer decodes with OpenCV IMREAD_UNCHANGED, which ignores EXIF
+    orientation; a JPEG stored 64x32 with Orientation=6 must still be kept upright."""
     row = _row_for(fetch_run, "exif-rotated.jpg")
     sample = next(s for s in shard_samples(fetch_run[1]) if s["uid"] == row["uid"])
     assert (sample["original_width"], sample["original_height"]) == (32, 64)
