@@ -24,6 +24,8 @@ import pathlib
 import random
 import re
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -162,6 +164,7 @@ def steady(values: list[float]) -> float:
 
 def bench_ours(args, shards, config_path, work, env) -> dict:
     run = work / "ours"
+    shutil.rmtree(run, ignore_errors=True)
     cmd = [
         sys.executable, "-m", "train.cli_train", "--shards", shards, "--model", str(config_path),
         "--out", str(run), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
@@ -214,6 +217,7 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--log-every", type=int, default=4)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--repeat", type=int, default=1, help="runs per trainer, alternating order")
     p.add_argument("--keep", default=None, help="work folder to keep (default: a temp folder)")
     args = p.parse_args(argv)
 
@@ -236,18 +240,38 @@ def main(argv=None) -> int:
     (config_dir / "wit-bench.json").write_text(json.dumps(to_open_clip_config(cfg)))
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", PYTHONPATH=str(ROOT))
 
-    ours = bench_ours(args, shards, config_path, work, env)
-    theirs = bench_open_clip(args, shards, config_dir, "wit-bench", work, env)
-    ratio = ours["samples_per_s"] / theirs["samples_per_s"]
+    results: dict[str, list[dict]] = {"wit-train": [], "open_clip_train.main": []}
+    for i in range(args.repeat):
+        # alternate the order (A B, B A, ...) so that a drift in machine load hits both
+        order = ["wit-train", "open_clip_train.main"][:: 1 if i % 2 == 0 else -1]
+        for name in order:
+            if name == "wit-train":
+                results[name].append(bench_ours(args, shards, config_path, work, env))
+            else:
+                oc_work = work / f"open_clip_{i}"
+                oc_work.mkdir(exist_ok=True)
+                results[name].append(
+                    bench_open_clip(args, shards, config_dir, "wit-bench", oc_work, env)
+                )
     print(
         f"model {json.dumps(cfg)}\nshards {shards} ({available} samples), batch {args.batch_size}, "
-        f"{args.steps} steps, {args.precision}, {args.workers} workers, device {args.device}"
+        f"{args.steps} steps, {args.precision}, {args.workers} workers, device {args.device}, "
+        f"{args.repeat} run(s) each"
     )
-    print("| trainer | samples/s (steady) | wall s (whole command) | CPU s (whole command) |")
-    print("|---|---:|---:|---:|")
-    for name, r in (("wit-train", ours), ("open_clip_train.main", theirs)):
-        print(f"| {name} | {r['samples_per_s']:.1f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} |")
-    print(f"wit-train / open_clip samples/s: {ratio:.2f}x  (work folder: {work})")
+    print("| trainer | run | samples/s (steady) | wall s (whole command) | CPU s (whole command) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, runs in results.items():
+        for i, r in enumerate(runs):
+            print(
+                f"| {name} | {i + 1} | {r['samples_per_s']:.1f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} |"
+            )
+    med = {n: statistics.median(r["samples_per_s"] for r in runs) for n, runs in results.items()}
+    cpu = {n: statistics.median(r["cpu_s"] for r in runs) for n, runs in results.items()}
+    print(
+        f"median samples/s wit-train / open_clip: {med['wit-train'] / med['open_clip_train.main']:.2f}x; "
+        f"median CPU s open_clip / wit-train: {cpu['open_clip_train.main'] / cpu['wit-train']:.2f}x "
+        f"(work folder: {work})"
+    )
     return 0
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import re
 import sys
 
 
@@ -47,6 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="switch off the address guard (local use and tests only)",
     )
     return p
+
+
+def _one_line_failure(error: BaseException) -> str:
+    """A failed run's cause in one line (Beam wraps worker errors in long tracebacks)."""
+    text = f"{type(error).__name__}: {error}"
+    if "No space left on device" in text or getattr(error, "errno", None) == errno.ENOSPC:
+        return "no space left on device while writing the output folder"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    causes = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", line)]
+    detail = causes[-1] if causes else (lines[-1] if lines else type(error).__name__)
+    return f"the job failed: {detail[:300]}"
 
 
 def _fetch_options(args):
@@ -98,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"wit-build: {e}", file=sys.stderr)
         return 2
-    except RuntimeError as e:
-        print(f"wit-build: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - a failed run ends in one line, not a traceback
+        print(f"wit-build: {_one_line_failure(e)}", file=sys.stderr)
         return 1
     print(summary_table(manifest))
     return 0

@@ -97,7 +97,9 @@ def plan_inputs(
                 else:
                     raise ValueError(f"input format {kind!r} is not read by this job")
             except Exception as e:  # noqa: BLE001 - report the file, keep the job going
-                plan.unreadable.append({"path": path, "error": f"{type(e).__name__}: {e}"[:300]})
+                plan.unreadable.append(
+                    {"path": path, "error": one_printable_line(f"{type(e).__name__}: {e}")}
+                )
                 continue
             plan.files.append(path)
             plan.units.extend(units)
@@ -122,8 +124,15 @@ def read_unit(unit: dict, on_error=None):
         yield from read_warc.read_page_unit(unit, on_error)
 
 
+def one_printable_line(message: str, limit: int = 300) -> str:
+    """Error text as one printable line: library messages may quote raw damaged bytes."""
+    text = "".join(c if c.isprintable() else " " for c in message)
+    return " ".join(text.split())[:limit]
+
+
 def record_read_error(errors_dir: str | None, path: str, message: str) -> None:
     """Report a file that broke mid-read: stderr now, and a note the job adds to the manifest."""
+    message = one_printable_line(message)
     print(f"wit-build: error reading {path}: {message}", file=sys.stderr)
     if errors_dir:
         name = hashlib.sha1(path.encode()).hexdigest()[:16] + ".json"
@@ -149,7 +158,7 @@ class _ReadUnitFn(beam.DoFn):
                 self.rows.inc(table.num_rows)
                 yield table
         except Exception as e:  # noqa: BLE001 - tabular files failing mid-read
-            on_error(unit["path"], f"{type(e).__name__}: {e}"[:300])
+            on_error(unit["path"], f"{type(e).__name__}: {e}")
         where = f" row group {unit['row_group']}" if "row_group" in unit else ""
         where = f" bytes {unit['start']}+" if unit.get("start") else where
         print(f"wit-build: read {n:,} rows from {unit['path']}{where}", file=sys.stderr)

@@ -8,8 +8,10 @@ order. A damaged file yields what precedes the damage and reports the failure.
 
 from __future__ import annotations
 
+import gzip
 import json
 import pathlib
+import zlib
 from collections.abc import Callable, Iterator
 from urllib.parse import urljoin
 
@@ -133,6 +135,24 @@ def _pairs_from_html_file(stream, path: str) -> Iterator[tuple[str, str | None]]
     yield from images_in_html(body, page_url_of_html_file(body, path))
 
 
+def gzip_problem(path: str) -> str | None:
+    """Why a gzip file is damaged (truncated, not gzip, bad deflate data), or None.
+
+    warcio ends iteration quietly on such files, so without this check the rows after the
+    damage (or the whole file) would vanish without a word.
+    """
+    if not path.lower().endswith(".gz"):
+        return None
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+            with gzip.GzipFile(fileobj=raw) as stream:
+                while stream.read(1 << 20):
+                    pass
+    except (OSError, EOFError, zlib.error) as e:
+        return f"damaged gzip data: {type(e).__name__}: {e}"
+    return None
+
+
 def read_page_unit(unit: dict, on_error: Callable[[str, str], None]) -> Iterator[pa.Table]:
     """Tables of candidates from one WARC, WAT or HTML file; damage goes to ``on_error``."""
     path, kind = unit["path"], unit["kind"]
@@ -150,7 +170,11 @@ def read_page_unit(unit: dict, on_error: Callable[[str, str], None]) -> Iterator
                 if table is not None:
                     yield table
     except Exception as e:  # noqa: BLE001 - a damaged file must not stop the job
-        on_error(path, f"{type(e).__name__}: {e}"[:300])
+        on_error(path, f"{type(e).__name__}: {e}")
+    else:
+        problem = gzip_problem(path) if kind in ("warc", "wat") else None
+        if problem:  # warcio stops quietly at damaged gzip data; say what was lost
+            on_error(path, f"{problem} (the records before the damage were read)")
     table = batcher.flush()
     if table is not None:
         yield table

@@ -274,6 +274,7 @@ def test_page_list_input_crawls_pages_into_candidates(tmp_path):
         "b": [("/images/3.jpg", "a blue square"), ("/images/4.jpg", "a green star")],
     }
     with FixtureWeb(pages=pages) as web:
+        image_1 = web.url("/images/1.jpg")
         listed = [
             web.url("/pages/a.html"),
             web.url("/pages/b.html"),

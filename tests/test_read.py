@@ -248,3 +248,25 @@ def test_read_stage_in_beam_spreads_units(tmp_path):
     with BeamTestPipeline(runner=FnApiRunner()) as p:
         rows = p | ReadCandidates(plan.units) | beam.FlatMap(lambda t: t["row"].to_pylist())
         assert_that(rows, equal_to(list(range(src.num_rows))))
+
+
+def test_truncated_and_garbage_gzip_warcs_are_reported(tmp_path):
+    one = _warc_bytes("https://s.org/", b'<img src="a.jpg" alt="A red bus">')
+    (tmp_path / "cut.warc.gz").write_bytes(one * 3 + one[: len(one) // 2])
+    (tmp_path / "text.warc.gz").write_bytes(b"WARC/1.0\r\nthis is not a record\r\n" * 20)
+    errors = {}
+    plan = plan_inputs([str(tmp_path / "*.warc.gz")])
+    rows = rows_of(plan, lambda p, m: errors.setdefault(p.rsplit("/", 1)[-1], m))
+    assert len(rows) == 3  # what precedes the damage is kept
+    assert set(errors) == {"cut.warc.gz", "text.warc.gz"}
+    assert all("damaged gzip" in m for m in errors.values())
+
+
+def test_read_error_messages_are_one_printable_line(tmp_path, capsys):
+    from pipeline.read import record_read_error
+
+    record_read_error(str(tmp_path), "x.warc.gz", "ArchiveLoadFailed: bad\r\nrecord \x0b\x85 bytes")
+    line = capsys.readouterr().err
+    assert line.count("\n") == 1 and line.strip().isprintable()
+    saved = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert saved["error"] == "ArchiveLoadFailed: bad record bytes"
