@@ -44,6 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--shard-size", type=int, default=10000)
     p.add_argument(
+        "--follow-links",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --input-format pages: also crawl up to N same-host pages linked from the "
+        "listed pages, per host (depth 1; default 0, off)",
+    )
+    p.add_argument(
+        "--page-text",
+        default="alt",
+        choices=["alt", "title", "figcaption"],
+        help="with --input-format pages: caption from alt (default, as in CLIP), or the "
+        "image's title / its figure's figcaption where present, falling back to alt",
+    )
+    p.add_argument(
         "--allow-private-addresses",
         action="store_true",
         help="switch off the address guard (local use and tests only)",
@@ -77,7 +92,9 @@ def _crawl_options(args):
     """Page crawling fetches pages even with --no-fetch (which skips only the images)."""
     from pipeline.crawl import CrawlOptions
 
-    return CrawlOptions(fetch=_fetch_options(args))
+    return CrawlOptions(
+        fetch=_fetch_options(args), follow_links=args.follow_links, page_text=args.page_text
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unexpected argument {beam_args[0]!r}")
     if args.per_query_cap < 1:
         parser.error("--per-query-cap must be at least 1")
+    if args.follow_links < 0:
+        parser.error("--follow-links must be 0 or more")
 
     from pipeline.job import JobConfig, run_job, summary_table
 

@@ -280,6 +280,7 @@ class _CrawlHostsFn(beam.DoFn):
         self.pages = Metrics.counter("wit", "pages")
         self.fetched = Metrics.counter("wit", "pages_fetched")
         self.images = Metrics.counter("wit", "page_images")
+        self.rows = Metrics.counter("wit", "input_rows")  # the job checks status rows == this
 
     def setup(self):
         self.fetcher = Fetcher(self.options.fetch)
@@ -303,6 +304,7 @@ class _CrawlHostsFn(beam.DoFn):
                     yield page.row()
                     table = candidates_table(page)
                     if table is not None:
+                        self.rows.inc(table.num_rows)
                         yield beam.pvalue.TaggedOutput(CANDIDATES_TAG, table)
 
 

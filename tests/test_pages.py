@@ -417,3 +417,58 @@ def test_pages_decode_by_http_charset_then_meta_then_utf8_then_cp1252():
         assert extract_images(decode_html(body, charset), "http://x.test/") == [
             ("http://x.test/a.jpg", "café crème")
         ]
+
+
+def test_wit_build_crawls_a_page_list_end_to_end(tmp_path, capsys):
+    """`wit-build --input-format pages` on the demo corpus: pages and candidates accounted."""
+    import json
+
+    from pipeline import cli
+    from pipeline.fixtures.candidates import write_candidates
+    from pipeline.fixtures.corpus import demo_queries, generate_images
+    from pipeline.stats import cli as stats_cli
+    from pipeline.status_io import read_status
+
+    generate_images(tmp_path / "corpus", n=60, size=24)
+    (tmp_path / "queries.txt").write_text("\n".join(demo_queries()) + "\n", encoding="utf-8")
+    with FixtureWeb(image_dir=tmp_path / "corpus" / "images") as server:
+        counts = write_candidates(tmp_path / "corpus", server.base_url, tmp_path / "cands")
+        names = sorted(p.stem for p in (tmp_path / "cands" / "pages").glob("*.html"))
+        for name in names:
+            server.pages[name] = (tmp_path / "cands" / "pages" / f"{name}.html").read_text()
+        listed = [server.url(f"/pages/{n}.html") for n in names]
+        listed += [server.url("/private/x.html"), server.url("/e/404"), listed[0]]
+        (tmp_path / "pages.txt").write_text("\n".join(listed) + "\n")
+        out = tmp_path / "OUT"
+        rc = cli.main([
+            "--querylist", str(tmp_path / "queries.txt"), "--out", str(out), "--no-fetch",
+            "--input", str(tmp_path / "pages.txt"), "--input-format", "pages",
+            "--allow-private-addresses", "--direct_num_workers=1",
+            "--direct_running_mode=in_memory",
+        ])  # fmt: skip
+    assert rc == 0
+    pages = pq.read_table(out / "pages").to_pylist()
+    assert len(pages) == len(names) + 2  # the repeated page counts once
+    by_status = Counter(r["status"] for r in pages)
+    assert by_status == {FETCHED: len(names), ROBOTS_DISALLOWED: 1, FETCH_FAILED: 1}
+    status = read_status(str(out))
+    assert status.num_rows == sum(r["images_found"] for r in pages) == counts["page_images"]
+    assert len(set(status["uid"].to_pylist())) == status.num_rows
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["pages"][FETCHED] == len(names)
+    capsys.readouterr()
+    assert stats_cli.main([str(out)]) == 0
+    assert "robots_disallowed" in capsys.readouterr().out
+
+
+def test_cli_options_reach_the_crawl(tmp_path):
+    from pipeline import cli
+
+    base = ["--querylist", "q.txt", "--input", "p.txt", "--out", "o", "--input-format", "pages"]
+    args = cli.build_parser().parse_args([*base, "--follow-links", "5", "--page-text", "title"])
+    opts = cli._crawl_options(args)
+    assert (opts.follow_links, opts.page_text, opts.page_delay) == (5, "title", 1.0)
+    assert not opts.fetch.allow_private_addresses
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*base, "--follow-links", "-1"])
+    assert exit_info.value.code == 2

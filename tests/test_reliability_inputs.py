@@ -227,27 +227,9 @@ def test_run_over_every_bad_input_succeeds_and_keeps_the_invariant(no_fetch_run)
     assert rows and all(r["status"] in STATUSES for r in rows)
 
 
-_SILENT_WARC = (
-    "BUG: pipeline/read_warc.py read_page_unit reports nothing for {what}: warcio's "
-    "ArchiveIterator ends quietly, so {loss} and the manifest lists no unreadable file"
-)
-XFAIL = {
-    "truncated.warc.gz": _SILENT_WARC.format(
-        what="a WARC cut at 2/3 of its bytes",
-        loss="the candidates of the last pages vanish (8 of 12 read)"),
-    "garbage.warc.gz": _SILENT_WARC.format(
-        what="a .warc.gz holding plain text that is no WARC record", loss="the file is skipped"),
-    "bad-gzip.warc.gz": _SILENT_WARC.format(
-        what="a gzip header followed by bytes that are not deflate data",
-        loss="the file is skipped"),
-}  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=pytest.mark.xfail(reason=XFAIL[n], strict=True)) if n in XFAIL else n
-     for n in sorted(CASES)],
-)  # fmt: skip
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input_file(no_fetch_run, name):
     _rc, out, folder = no_fetch_run
     kind, expected = CASES[name][1]
@@ -282,13 +264,6 @@ def test_bad_input_file(no_fetch_run, name):
             assert rows == []
 
 
-@pytest.mark.xfail(
-    reason="BUG: pipeline/read_warc.py read_page_unit (via read.record_read_error) puts warcio's "
-    "ArchiveLoadFailed text, which quotes the damaged record's raw bytes, into the stderr line "
-    "and the manifest: a WARC with flipped bytes gives an error holding \\r, \\x0b, \\x85 ... "
-    "(7 lines for splitlines, and a carriage return that overwrites the terminal line)",
-    strict=True,
-)
 def test_read_errors_are_single_printable_lines(no_fetch_run):
     _rc, out, _ = no_fetch_run
     for bad in manifest(out)["inputs"]["unreadable"]:
