@@ -227,8 +227,6 @@ def test_run_over_every_bad_input_succeeds_and_keeps_the_invariant(no_fetch_run)
     assert rows and all(r["status"] in STATUSES for r in rows)
 
 
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input_file(no_fetch_run, name):
     _rc, out, folder = no_fetch_run
@@ -463,14 +461,6 @@ def test_damaged_shards_listed_in_sizes_json_end_in_a_one_line_error(
     assert last.startswith("wit-train: error:") and "no complete batch" in last
 
 
-COUNT_BUG = (
-    "BUG: train/data.py count_tar_samples (called by shard_sizes from trainer._run for shards "
-    "that no sizes.json lists) lets tarfile.ReadError escape: wit-train dies with a traceback "
-    "for {what} instead of skipping the shard with a warning"
-)
-
-
-@pytest.mark.xfail(reason=COUNT_BUG.format(what="garbage/empty .tar files"), strict=True)
 def test_unreadable_shards_without_sizes_json_end_in_a_one_line_error(
     train_corpus, tmp_path, capsys
 ):
@@ -480,7 +470,6 @@ def test_unreadable_shards_without_sizes_json_end_in_a_one_line_error(
     assert last.startswith("wit-train: error:") and "no complete batch" in last
 
 
-@pytest.mark.xfail(reason=COUNT_BUG.format(what="a tar cut in half"), strict=True)
 def test_truncated_shard_is_skipped(train_corpus, tmp_path):
     _root, good, config = train_corpus
     shards = tmp_path / "shards"
@@ -537,12 +526,6 @@ def test_resume_from_a_corrupt_checkpoint_fails_cleanly(
     assert "wit-train: error: unreadable checkpoint" in err and "Traceback" not in err
 
 
-@pytest.mark.xfail(
-    reason="BUG: train/checkpoint.py load_checkpoint wraps torch.load's exception text whole: "
-    "for a garbage latest.pt, wit-train --resume prints torch's 8-line UnpicklingError "
-    "('Weights only load failed ... Unsupported operand 103 ...') instead of one line",
-    strict=True,
-)
 def test_resume_error_for_a_corrupt_checkpoint_is_one_line(train_corpus, tmp_path, capsys):
     _root, good, config = train_corpus
     run = tmp_path / "run"

@@ -116,7 +116,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise ValueError(f"unreadable checkpoint {p}: {type(exc).__name__}: {exc}") from exc
+        first = " ".join(str(exc).split())[:160]
+        raise ValueError(f"unreadable checkpoint {p}: {type(exc).__name__}: {first}") from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ValueError(f"{p} is not a wit-train checkpoint (no 'model' entry)")
     return ckpt

@@ -105,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dat.add_argument(
         "--tokenizer",
-        default="openai",
-        help="openai | PATH to a learned tokenizer | learn:VOCAB (learn from the shards)",
+        default=None,
+        help="openai | PATH to a learned tokenizer | learn:VOCAB (learn from the shards); "
+        "default: the config's ('learned' configs learn 4096 tokens, others use openai)",
     )
     dat.add_argument(
         "--tokenizer-captions", type=int, default=200_000, help="captions read to learn a tokenizer"

@@ -60,13 +60,23 @@ def expand_shards(pattern: str | list[str]) -> list[str]:
 def count_tar_samples(path: str) -> int:
     """Samples in one tar (distinct keys that have an image), for shards missing in sizes.json."""
     keys = set()
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if member.isreg() and "." in os.path.basename(member.name):
-                key, ext = os.path.basename(member.name).split(".", 1)
-                if ext.lower() in IMAGE_EXTS:
-                    keys.add(key)
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.isreg() and "." in os.path.basename(member.name):
+                    key, ext = os.path.basename(member.name).split(".", 1)
+                    if ext.lower() in IMAGE_EXTS:
+                        keys.add(key)
+    except (OSError, EOFError, tarfile.TarError) as exc:
+        # A damaged shard counts what it holds before the damage; the loader skips the rest.
+        print(f"wit-train: shard {path} is damaged ({one_line(exc)}); counted {len(keys)} samples")
     return len(keys)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one printable line (tarfile and torch messages can span several)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return "".join(ch if ch.isprintable() else "?" for ch in text)[:200]
 
 
 def shard_sizes(shards: list[str]) -> dict[str, int]:
@@ -397,4 +407,4 @@ def iter_captions(shards: list[str], limit: int | None = None) -> Iterator[str]:
                             if limit is not None and n >= limit:
                                 return
         except (OSError, tarfile.TarError) as exc:
-            print(f"wit-train: skipping unreadable shard {shard}: {exc}")
+            print(f"wit-train: skipping unreadable shard {shard}: {one_line(exc)}")

@@ -126,19 +126,29 @@ def build_model_and_tokenizer(args, resume_state: dict | None):
         return model, tokenizer
     from train import load_config
 
-    tokenizer = build_tokenizer(args)
     config = load_config(args.model, **dict(args.override or []))
+    tokenizer = build_tokenizer(args, default_tokenizer(config))
     overrides = {}
     if tokenizer.vocab_size != config["vocab_size"]:
         overrides["vocab_size"] = tokenizer.vocab_size
     return create_model(config, **overrides), tokenizer
 
 
-def build_tokenizer(args):
+#: The vocabulary a tiny config learns from the corpus when --tokenizer is not given.
+LEARNED_VOCAB = 4096
+
+
+def default_tokenizer(config: dict) -> str:
+    """The config's own choice: tiny configs learn a small vocabulary, paper configs use
+    OpenAI's 49,408-token BPE so that their checkpoints stay compatible."""
+    return f"learn:{LEARNED_VOCAB}" if config.get("tokenizer") == "learned" else "openai"
+
+
+def build_tokenizer(args, default: str = "openai"):
     """`openai`, a tokenizer file, or `learn:N` = a vocabulary of N learned from the shards."""
     from train import get_tokenizer
 
-    spec = args.tokenizer
+    spec = args.tokenizer or default
     if not spec.startswith("learn:"):
         return get_tokenizer(spec)
     from train.tokenizer import learn_tokenizer
