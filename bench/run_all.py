@@ -1,4 +1,4 @@
-"""`make bench`: run every benchmark script and rewrite docs/benchmarks.md.
+"""`make bench`: run every benchmark script and rewrite the generated part of docs/benchmarks.md.
 
 Each script prints its own side-by-side table; this runner records the machine, the exact
 command and the output, so that every number in the docs can be reproduced.
@@ -66,12 +66,16 @@ def run_one(title: str, argv: list[str], timeout: int) -> str:
     return f"## {title}\n\nCommand: `{shown}` ({dt:.0f} s wall).\n\n{body}{status}\n"
 
 
-def previous_sections() -> dict[str, str]:
-    """Sections of the current doc by title, so that `--only` keeps the others."""
-    if not DOC.exists():
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def previous_sections(doc: str) -> dict[str, str]:
+    """Generated sections of the current doc by title, so that `--only` keeps the others."""
+    if BEGIN not in doc:
         return {}
-    parts = DOC.read_text().split("\n## ")[1:]
-    return {p.split("\n", 1)[0].strip(): "## " + p.rstrip() + "\n" for p in parts}
+    region = doc.split(BEGIN, 1)[1].split(END, 1)[0]
+    parts = region.split("\n### ")[1:]
+    return {p.split("\n", 1)[0].strip(): "### " + p.rstrip() + "\n" for p in parts}
 
 
 def main() -> int:
@@ -79,21 +83,22 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", help="substrings of bench titles to run")
     ap.add_argument("--timeout", type=int, default=1800)
     args = ap.parse_args()
-    old = previous_sections()
+    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n" + BEGIN + "\n" + END + "\n"
+    old = previous_sections(doc)
     sections = []
     for title, argv, _issue in BENCHES:
         if args.only and not any(s.lower() in title.lower() for s in args.only):
-            sections.append(old.get(title, f"## {title}\n\nNot run yet.\n"))
+            sections.append(old.get(title, f"### {title}\n\nNot run yet.\n"))
             continue
-        sections.append(run_one(title, argv, args.timeout))
+        sections.append(run_one(title, argv, args.timeout).replace("## ", "### ", 1))
     stamp = datetime.date.today().isoformat()
-    head = (
-        "# Benchmarks\n\n"
-        "Written by `make bench` (`bench/run_all.py`), which runs every script under `bench/` "
-        "and compares each stage with its anchor in the same run.\n\n"
-        f"Machine: {machine()}. Date: {stamp}.\n\n"
+    region = (
+        f"\nMachine: {machine()}. Date: {stamp}. Each section gives the command and its "
+        "output as printed.\n\n" + "\n".join(sections)
     )
-    DOC.write_text(head + "\n".join(sections))
+    before, rest = doc.split(BEGIN, 1) if BEGIN in doc else (doc + "\n", END)
+    after = rest.split(END, 1)[1] if END in rest else ""
+    DOC.write_text(before + BEGIN + region + END + after)
     print(f"wrote {DOC.relative_to(ROOT)}")
     return 0
 
