@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from dataclasses import dataclass, field
 
 import apache_beam as beam
@@ -140,11 +141,34 @@ def record_read_error(errors_dir: str | None, path: str, message: str) -> None:
             f.write(json.dumps({"path": path, "error": message}).encode())
 
 
+PROGRESS_SECONDS = 5.0
+
+
 class _ReadUnitFn(beam.DoFn):
     def __init__(self, errors_dir: str | None):
         self.errors_dir = errors_dir
         self.rows = Metrics.counter("wit", "input_rows")
         self.broken = Metrics.counter("wit", "unreadable_files")
+
+    def setup(self):
+        self._units = self._total = 0
+        self._last_report = 0.0
+
+    def _progress(self, n: int, unit: dict) -> None:
+        """One line every few seconds per worker, not one per file: a folder of HTML
+        pages can hold millions of units."""
+        self._units += 1
+        self._total += n
+        now = time.monotonic()
+        if now - self._last_report >= PROGRESS_SECONDS:
+            self._last_report = now
+            where = f" row group {unit['row_group']}" if "row_group" in unit else ""
+            where = f" bytes {unit['start']}+" if unit.get("start") else where
+            print(
+                f"wit-build: worker read {self._total:,} rows from {self._units:,} units "
+                f"so far (last: {unit['path']}{where})",
+                file=sys.stderr,
+            )
 
     def process(self, unit):
         def on_error(path, message):
@@ -159,9 +183,7 @@ class _ReadUnitFn(beam.DoFn):
                 yield table
         except Exception as e:  # noqa: BLE001 - tabular files failing mid-read
             on_error(unit["path"], f"{type(e).__name__}: {e}")
-        where = f" row group {unit['row_group']}" if "row_group" in unit else ""
-        where = f" bytes {unit['start']}+" if unit.get("start") else where
-        print(f"wit-build: read {n:,} rows from {unit['path']}{where}", file=sys.stderr)
+        self._progress(n, unit)
 
 
 class ReadCandidates(beam.PTransform):
