@@ -73,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     corpus, eval_dir = out / "corpus", out / "eval-heldout"
     if not (corpus / "manifest.parquet").exists():
         generate_images(corpus, n=args.images, seed=0, workers=2)
+    shapes_dir = out / "eval-shapes"
     if not eval_dir.exists():
         write_eval_set(eval_dir, n_per_class=40, seed=1, kind="heldout")
+    if not shapes_dir.exists():  # harder: the shape alone decides, in every colour
+        write_eval_set(shapes_dir, n_per_class=40, seed=2, kind="shapes")
     build = out / "build"
     with FixtureWeb(image_dir=corpus / "images") as web:
         noise = write_candidates(corpus, web.base_url, out / "candidates", seed=0)
@@ -133,6 +136,18 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )  # fmt: skip
 
+    shapes_json = out / "zeroshot-shapes.json"
+    _run(
+        "wit-eval shapes",
+        [
+            "wit-eval", "zeroshot",
+            "--checkpoint", str(run), "random:" + str(run),
+            "--dataset", str(shapes_dir),
+            "--out", str(shapes_json),
+            "--quiet",
+        ],
+    )  # fmt: skip
+
     _say("where everything went")
     for name, path in [
         ("query list", ql_dir),
@@ -143,12 +158,19 @@ def main(argv: list[str] | None = None) -> int:
         ("zero-shot results", eval_json),
     ]:
         print(f"   {name:<52} {path}")
-    if eval_json.exists():
-        print("\n   zero-shot top-1 on held-out combinations:")
-        data = json.loads(eval_json.read_text())
+    for title, path in [
+        ("held-out (shape, colour) combinations, 8 classes", eval_json),
+        ("shape alone, every colour, 8 classes (harder)", shapes_json),
+    ]:
+        if not path.exists():
+            continue
+        print(f"\n   zero-shot top-1, {title}:")
+        data = json.loads(path.read_text())
         rows = data.get("results", data) if isinstance(data, dict) else data
         for row in rows if isinstance(rows, list) else [rows]:
-            print(f"   {row.get('checkpoint', '?'):<60} top1={row.get('top1')}")
+            top1 = row.get("top1")
+            shown = f"{top1:.1%}" if isinstance(top1, float) else str(top1)
+            print(f"   {row.get('checkpoint', '?'):<60} top1={shown}")
     failed = [k for k, v in results.items() if v != 0]
     print(
         f"\n   demo took {time.perf_counter() - t_start:.0f} s; steps that failed: {failed or 'none'}"
