@@ -43,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"],
     )
     p.add_argument("--shard-size", type=int, default=10000)
+    fetch = p.add_argument_group("fetching (as img2dataset names them)")
+    fetch.add_argument("--min-image-size", type=int, default=10, help="reject smaller sides")
+    fetch.add_argument("--max-aspect-ratio", type=float, default=10.0)
+    fetch.add_argument("--encode-quality", type=int, default=95)
+    fetch.add_argument("--threads", type=int, default=32, help="download threads per worker")
+    fetch.add_argument("--per-host-connections", type=int, default=8)
+    fetch.add_argument("--timeout", type=float, default=20.0, help="read timeout, seconds")
+    fetch.add_argument("--retries", type=int, default=2)
+    fetch.add_argument("--user-agent", default=None, help="add a contact address for your crawl")
     p.add_argument(
         "--follow-links",
         type=int,
@@ -80,11 +89,20 @@ def _one_line_failure(error: BaseException) -> str:
 def _fetch_options(args):
     from pipeline.fetch import FetchOptions
 
+    extra = {"user_agent": args.user_agent} if args.user_agent else {}
     return FetchOptions(
         image_size=args.image_size,
         resize_mode=args.resize_mode,
         shard_size=args.shard_size,
         allow_private_addresses=args.allow_private_addresses,
+        min_image_size=args.min_image_size,
+        max_aspect_ratio=args.max_aspect_ratio,
+        encode_quality=args.encode_quality,
+        threads=args.threads,
+        per_host_connections=args.per_host_connections,
+        read_timeout=args.timeout,
+        retries=args.retries,
+        **extra,
     )
 
 
