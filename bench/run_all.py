@@ -44,8 +44,31 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Python {platform.python_version()}, no GPU"
 
 
+#: Runs the bench as a child and reports the peak resident memory of its largest process
+#: (getrusage over the waited-for process tree), so every section can name its memory.
+_PEAK_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "rc = subprocess.call([sys.executable, *sys.argv[1:]])\n"
+    "kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+    "print(f'__PEAK_RSS_KB__ {kb}', file=sys.stderr)\n"
+    "sys.exit(rc)\n"
+)
+
+
+def _peak_line(stderr: str) -> tuple[str, str]:
+    """(stderr without the marker, a sentence naming the peak memory)."""
+    kept, peak = [], ""
+    for line in stderr.splitlines():
+        if line.startswith("__PEAK_RSS_KB__"):
+            mib = int(line.split()[1]) / 1024
+            peak = f"Peak resident memory of the largest process: {mib:,.0f} MiB."
+        else:
+            kept.append(line)
+    return "\n".join(kept), peak
+
+
 def run_one(title: str, argv: list[str], timeout: int) -> str:
-    cmd = [sys.executable, *argv]
+    cmd = [sys.executable, "-c", _PEAK_WRAPPER, *argv]
     shown = " ".join([".venv/bin/python", *argv])
     script = ROOT / argv[0]
     if not script.exists():
@@ -55,15 +78,16 @@ def run_one(title: str, argv: list[str], timeout: int) -> str:
     try:
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         out, rc = r.stdout.strip(), r.returncode
+        err, peak = _peak_line(r.stderr)
         if rc != 0:
-            out += "\n" + "\n".join(r.stderr.strip().splitlines()[-5:])
+            out += "\n" + "\n".join(err.strip().splitlines()[-5:])
     except subprocess.TimeoutExpired:
-        out, rc = f"(timed out after {timeout} s)", 124
+        out, rc, peak = f"(timed out after {timeout} s)", 124, ""
     dt = time.perf_counter() - t0
     print(out, flush=True)
     body = out if out.lstrip().startswith("|") else f"```\n{out}\n```"
     status = "" if rc == 0 else f"\n\n**The script exited with code {rc}.**"
-    return f"## {title}\n\nCommand: `{shown}` ({dt:.0f} s wall).\n\n{body}{status}\n"
+    return f"## {title}\n\nCommand: `{shown}` ({dt:.0f} s wall). {peak}\n\n{body}{status}\n"
 
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
