@@ -22,7 +22,11 @@ DOC = ROOT / "docs" / "benchmarks.md"
 BENCHES = [
     ("Matcher vs the naive reference", ["bench/bench_match.py"], "issue 4"),
     ("Language ID backends", ["bench/bench_lid.py"], "issue 4"),
-    ("Text stages at 10k, 100k and 1M candidates", ["bench/bench_text_stages.py"], "issue 4"),
+    (
+        "Text stages at 10k, 100k and 1M candidates",
+        ["bench/bench_text_stages.py", "--sizes", "10000", "100000", "1000000"],
+        "issue 4",
+    ),
     ("Fetch + resize + write vs img2dataset", ["bench/bench_fetch.py"], "issue 5"),
     ("wit-stats report on 10M rows", ["bench/bench_stats.py"], "issue 6"),
     ("Tokenizer vs open_clip", ["bench/bench_tokenizer.py"], "issue 7"),
