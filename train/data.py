@@ -158,12 +158,15 @@ def seeded_transform(transform: Callable, image: Image.Image, seed: int) -> torc
     torchvision's random crops draw from the global torch RNG; seeding per sample makes
     the crop independent of worker count, process timing and resume position.
     """
-    saved = torch.get_rng_state()
-    torch.manual_seed(seed)
+    # Only the CPU generator: torch.manual_seed would also queue seeds for CUDA, MTIA and
+    # XPU, capturing a stack trace each time (about 1.7 ms a sample, a third of the loader).
+    generator = torch.default_generator
+    saved = generator.get_state()
+    generator.manual_seed(seed)
     try:
         return transform(image)
     finally:
-        torch.set_rng_state(saved)
+        generator.set_state(saved)
 
 
 class ShardBatches(IterableDataset):
