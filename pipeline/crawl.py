@@ -30,22 +30,18 @@ from apache_beam.metrics import Metrics
 from pipeline.extract_html import TEXT_MODES, decode_html, parse_page
 from pipeline.fetch import Fetcher, FetchOptions, FetchResult
 from pipeline.read_tabular import RAW_SCHEMA
-from pipeline.schema import BLOCKED_ADDRESS, FETCH_FAILED, OPTED_OUT, PAGE_SCHEMA
-
-FETCHED = "fetched"
-ROBOTS_DISALLOWED = "robots_disallowed"
-NOT_HTML = "not_html"
-INVALID_URL = "invalid_url"
-#: The closed set of page statuses (`pages/part-*.parquet`); see docs/operations.md.
-PAGE_STATUSES: tuple[str, ...] = (
-    FETCHED,
-    ROBOTS_DISALLOWED,
-    OPTED_OUT,
+from pipeline.schema import (  # noqa: F401 - the page statuses are re-exported here
     BLOCKED_ADDRESS,
     FETCH_FAILED,
-    NOT_HTML,
+    FETCHED,
     INVALID_URL,
+    NOT_HTML,
+    OPTED_OUT,
+    PAGE_SCHEMA,
+    PAGE_STATUSES,
+    ROBOTS_DISALLOWED,
 )
+
 CANDIDATES_TAG = "candidates"
 #: Stands in for a list entry without a URL, so that it still gets its own page row.
 EMPTY_ENTRY = "empty-entry:"

@@ -72,6 +72,22 @@ SAMPLE_SCHEMA = pa.schema(
     ]
 )
 
+FETCHED = "fetched"
+ROBOTS_DISALLOWED = "robots_disallowed"
+NOT_HTML = "not_html"
+INVALID_URL = "invalid_url"
+
+#: The closed set of page statuses in `pages/part-*.parquet` (`--input-format pages`).
+PAGE_STATUSES: tuple[str, ...] = (
+    FETCHED,
+    ROBOTS_DISALLOWED,
+    OPTED_OUT,
+    BLOCKED_ADDRESS,
+    FETCH_FAILED,
+    NOT_HTML,
+    INVALID_URL,
+)
+
 PAGE_SCHEMA = pa.schema(
     [
         pa.field("page_url", pa.string(), nullable=False),
