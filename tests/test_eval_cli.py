@@ -210,3 +210,30 @@ def test_overlap_against_a_caption_csv(shared_data, tmp_path, capsys):
     assert res["eval_images"] == 1000 and res["eval_with_near_duplicate"] == 1
     assert res["examples"][0]["eval_image"].endswith(first.name)
     assert "zeroshot" not in res and "per_class" not in res
+
+
+def test_random_prefix_is_a_fresh_model_with_the_checkpoints_architecture(checkpoints):
+    """`random:RUN` keeps RUN's config and tokenizer but none of its weights (seed 0)."""
+    from train import create_model
+    from train.eval.load import load_for_eval
+
+    _, run, _ = checkpoints
+    trained = load_for_eval(run)
+    fresh = load_for_eval("random:" + run)
+    assert fresh.path.startswith("random:") and fresh.source == "random_init"
+    assert fresh.model.config == trained.model.config
+    assert fresh.tokenizer.spec() == trained.tokenizer.spec()
+    torch.manual_seed(0)
+    reference = create_model(trained.model.config).state_dict()
+    fresh_sd, trained_sd = fresh.model.state_dict(), trained.model.state_dict()
+    assert all(torch.equal(fresh_sd[k], reference[k]) for k in reference)
+    assert not torch.equal(fresh_sd["text_projection"], trained_sd["text_projection"])
+
+
+def test_random_prefix_in_the_table_header(checkpoints, shared_data, capsys):
+    _, run, _ = checkpoints
+    argv = ["zeroshot", "--checkpoint", run, "random:" + run, "--quiet",
+            "--dataset", str(shared_data("cifar10-test")), "--limit-per-class", "2"]  # fmt: skip
+    assert main(argv) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if "metric" in line)
+    assert header.split() == ["metric", "run", "random:run"]
