@@ -97,6 +97,14 @@ class FetchOptions:
             raise ValueError("max_redirects and retries cannot be negative")
 
 
+#: Network failures worth retrying, while connecting and while reading the body alike.
+TRANSIENT_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+)
+
+
 @dataclass
 class FetchResult:
     """What happened to one URL; `status` None means `data` holds the image bytes."""
@@ -394,11 +402,7 @@ class Fetcher:
             raise _Final(BLOCKED_ADDRESS, str(err)) from err
         except requests.exceptions.SSLError as err:  # retrying will not fix a certificate
             raise _Final(FETCH_FAILED, type(err).__name__) from err
-        except (
-            requests.ConnectionError,
-            requests.Timeout,
-            requests.exceptions.ChunkedEncodingError,
-        ) as err:
+        except TRANSIENT_ERRORS as err:
             raise _Retry(type(err).__name__) from err
         except (requests.RequestException, OSError, ValueError) as err:
             raise _Final(FETCH_FAILED, type(err).__name__) from err
@@ -458,11 +462,7 @@ class Fetcher:
                 chunks.append(chunk)
                 if time.monotonic() > deadline:
                     raise _Final(FETCH_FAILED, "deadline")
-        except (
-            requests.ConnectionError,
-            requests.Timeout,
-            requests.exceptions.ChunkedEncodingError,
-        ) as err:
+        except TRANSIENT_ERRORS as err:
             raise _Retry(type(err).__name__) from err
         except requests.RequestException as err:
             raise _Final(FETCH_FAILED, type(err).__name__) from err
