@@ -90,6 +90,22 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 
 WARC = warc_bytes()
+
+
+def cut_mid_record(data: bytes, fraction: float = 2 / 3) -> bytes:
+    """The gzipped WARC cut inside a record, near `fraction` of its bytes.
+
+    Each record is its own gzip member of nearly equal size, so a plain byte fraction often
+    lands exactly on a member boundary, which leaves a valid, shorter WARC that no reader
+    could tell from a complete one. Cutting halfway into the member holding that point
+    always leaves damaged gzip data behind.
+    """
+    starts = [i for i in range(len(data)) if data.startswith(b"\x1f\x8b\x08", i)] + [len(data)]
+    point = int(len(data) * fraction)
+    member = max(i for i in range(len(starts) - 1) if starts[i] <= point)
+    return data[: (starts[member] + starts[member + 1]) // 2]
+
+
 HALF = len(WARC) // 2
 
 #: name -> (file bytes, expectation). Expectations:
@@ -99,7 +115,7 @@ HALF = len(WARC) // 2
 #:   ("rows", {status: n})    per-source counts of statuses (and, as `reason:X`, reasons)
 CASES: dict[str, tuple[bytes, tuple]] = {
     # archives
-    "truncated.warc.gz": (WARC[: len(WARC) * 2 // 3], ("partial", None)),
+    "truncated.warc.gz": (cut_mid_record(WARC), ("partial", None)),
     "garbage.warc.gz": (b"WARC/1.0\r\nthis is not a record\r\n" * 50, ("partial", 0)),
     "bad-gzip.warc.gz": (b"\x1f\x8b\x08\x00" + b"\x00" * 6 + b"not deflate" * 100, ("partial", 0)),
     "flipped.warc.gz": (
