@@ -8,7 +8,20 @@ Both modes decide per (query, candidate) pair from ``pair_hash(seed, query, uid)
   that matched queries q1..qk is then kept with probability 1 - prod(1 - min(1, t/count(q))).
 
 A candidate is kept when at least one of its queries selects it; ``selected_by`` lists them.
-Pairs are shuffled by query bucket so each query's pairs meet in one place.
+
+This is MetaCLIP's two-pass shape, so that no step needs all the pairs of one query in
+one place (a query like "a" matches a large share of a pool):
+
+1. ``QueryStatsFn``, a lifted combiner keyed by query bucket, computes per query its
+   match count and, for ``exact``, the t-th smallest (hash, uid bits) pair. Partial
+   accumulators keep at most t pairs per query, so no worker holds more.
+2. Those numbers reach every worker as one side input of compact arrays (one entry per
+   query; a 500k-entry dict side input would cost ~0.5 GB per worker).
+3. Selection is then a per-candidate map (``select_candidates``): a pair is selected when
+   its hash is at or below its query's threshold.
+
+The selected set equals the old sort-per-query selection exactly (tests/test_balance.py
+checks it against those functions, kept in tests/balance_reference.py).
 """
 
 from __future__ import annotations
@@ -19,15 +32,17 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from apache_beam.metrics import Metrics
 
-from pipeline import status_io
 from pipeline.match import WithQueries
+from pipeline.schema import KEPT, NOT_SELECTED
+from pipeline.status_io import WORK_SCHEMA, uid_keys
 
 MODES = ("exact", "metaclip")
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-PAIR_SCHEMA = pa.schema(
-    [pa.field("qid", pa.int32()), pa.field("lo", pa.uint64()), pa.field("hi", pa.uint64())]
-)
+_MAX = np.uint64(0xFFFFFFFFFFFFFFFF)
+#: Pairs an accumulator may hold before it is compacted to at most t per query.
+COMPACT_AT = 2_000_000
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -52,28 +67,6 @@ def uid_key(uid: str) -> int:
     return int(uid[-16:], 16)
 
 
-_HEX_VALUE = np.full(256, 0, np.uint64)
-for _i, _c in enumerate(b"0123456789abcdef"):
-    _HEX_VALUE[_c] = _i
-_POWERS = np.array([1 << (4 * (15 - i)) for i in range(16)], np.uint64)
-
-
-def uid_keys(uids: pa.ChunkedArray | pa.Array, first: bool = False) -> np.ndarray:
-    """``uid_key`` for a whole column (``first``: the leading 16 hex digits instead)."""
-    sliced = (
-        pc.utf8_slice_codeunits(uids, start=0, stop=16)
-        if first
-        else pc.utf8_slice_codeunits(uids, start=-16)
-    )
-    arr = sliced.combine_chunks() if isinstance(sliced, pa.ChunkedArray) else sliced
-    offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset : arr.offset + len(arr) + 1]
-    if len(arr) and (np.any(np.diff(offsets) != 16)):
-        return np.fromiter((int(u, 16) for u in arr.to_pylist()), np.uint64, len(arr))
-    raw = np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0] : offsets[0] + 16 * len(arr)]
-    nibbles = _HEX_VALUE[raw.reshape(-1, 16)]
-    return (nibbles * _POWERS).sum(axis=1, dtype=np.uint64)
-
-
 def pair_hashes(query_keys: np.ndarray, uid_keys: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         return _mix(_mix(query_keys.astype(np.uint64)) ^ uid_keys.astype(np.uint64))
@@ -88,176 +81,259 @@ def pair_hash(seed: int, query: str, uid: str) -> int:
     )
 
 
-def _group(keys: np.ndarray, columns: dict[str, np.ndarray]) -> list[tuple[int, pa.Table]]:
-    """Rows of ``columns`` grouped by ``keys``, as (key, PAIR_SCHEMA table)."""
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    cuts = np.flatnonzero(np.diff(sorted_keys)) + 1
-    out = []
-    for s, e in zip(np.r_[0, cuts], np.r_[cuts, len(order)], strict=True):
-        part = order[s:e]
-        out.append(
-            (
-                int(sorted_keys[s]),
-                pa.table({k: v[part] for k, v in columns.items()}, schema=PAIR_SCHEMA),
-            )
-        )
-    return out
+def query_keys(queries: list[str], seed: int) -> np.ndarray:
+    """``query_key(seed, q)`` for every query, as one uint64 array indexed by query id."""
+    return np.fromiter((query_key(seed, q) for q in queries), np.uint64, len(queries))
 
 
-def pairs_by_query_bucket(table: pa.Table, n_buckets: int) -> list[tuple[int, pa.Table]]:
-    """Explode candidates (uid, qids) into (qid, uid bits) pairs grouped by query bucket.
+def candidate_pairs(table: pa.Table, qkeys: np.ndarray):
+    """Explode candidates into (query id, pair hash, uid high bits, candidate row) arrays.
 
-    A pair carries the uid as two 64-bit halves (``lo`` = last 16 hex digits, ``hi`` =
-    first 16) instead of the 64-character string: with millions of pairs in the shuffle
-    this is a quarter of the bytes, and 128 bits still identify a SHA-256 uid.
+    A pair's rank key is (hash, uid high bits): the hash orders, the other 64 uid bits
+    break 64-bit hash ties, so the order is total over distinct uids.
     """
     qids = table["qids"].combine_chunks()
     flat = pc.list_flatten(qids).to_numpy(zero_copy_only=False).astype(np.int64)
     if len(flat) == 0:
+        empty = np.zeros(0, np.uint64)
+        return flat, empty, empty, np.zeros(0, np.int64)
+    parents = pc.list_parent_indices(qids).to_numpy(zero_copy_only=False).astype(np.int64)
+    lo, hi = uid_keys(table["uid"]), uid_keys(table["uid"], first=True)
+    h = pair_hashes(qkeys[flat], lo[parents])
+    return flat, h, hi[parents], parents
+
+
+class QueryStats:
+    """Per query: match count and (``exact``) its t smallest (hash, hi) pairs.
+
+    The accumulator of ``QueryStatsFn``; also a partial built from one candidate table.
+    Pairs beyond the t smallest of their query can never decide a threshold, so
+    ``compact`` drops them: memory is bounded by t per query, whatever the input.
+    """
+
+    __slots__ = ("cq", "cn", "q", "h", "hi")
+
+    def __init__(self, cq=None, cn=None, q=None, h=None, hi=None):
+        self.cq = np.zeros(0, np.int64) if cq is None else cq  # query ids (unique)
+        self.cn = np.zeros(0, np.int64) if cn is None else cn  # their counts
+        self.q = np.zeros(0, np.int64) if q is None else q  # pairs kept for thresholds
+        self.h = np.zeros(0, np.uint64) if h is None else h
+        self.hi = np.zeros(0, np.uint64) if hi is None else hi
+
+    def __reduce__(self):
+        return QueryStats, (self.cq, self.cn, self.q, self.h, self.hi)
+
+    @staticmethod
+    def merge(parts: list[QueryStats], cap: int | None) -> QueryStats:
+        """One QueryStats from many; ``cap`` None keeps counts only (``metaclip``)."""
+        parts = [p for p in parts if len(p.cq)]
+        if not parts:
+            return QueryStats()
+        if len(parts) == 1:
+            return parts[0].compact(cap) if cap is not None else parts[0]
+        cq = np.concatenate([p.cq for p in parts])
+        cn = np.concatenate([p.cn for p in parts])
+        uq, inv = np.unique(cq, return_inverse=True)
+        counts = np.zeros(len(uq), np.int64)
+        np.add.at(counts, inv, cn)
+        merged = QueryStats(uq, counts)
+        if cap is not None:
+            merged.q = np.concatenate([p.q for p in parts])
+            merged.h = np.concatenate([p.h for p in parts])
+            merged.hi = np.concatenate([p.hi for p in parts])
+        return merged.compact(cap)
+
+    def compact(self, cap: int | None) -> QueryStats:
+        """Keep at most ``cap`` pairs per query: the smallest by (hash, hi)."""
+        if cap is None or len(self.q) == 0:
+            return self
+        order = np.lexsort((self.hi, self.h, self.q))
+        sq = self.q[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(sq)) + 1]
+        rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+        keep = order[rank < cap]
+        if len(keep) == len(order):
+            return self
+        return QueryStats(self.cq, self.cn, self.q[keep], self.h[keep], self.hi[keep])
+
+    def thresholds(self, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(query ids, t-th smallest hash, its hi bits) for queries with more than t pairs."""
+        over = set(self.cq[self.cn > cap].tolist())
+        if not over or len(self.q) == 0:
+            empty = np.zeros(0, np.uint64)
+            return np.zeros(0, np.int64), empty, empty
+        stats = self.compact(cap)
+        order = np.lexsort((stats.hi, stats.h, stats.q))
+        sq = stats.q[order]
+        last = np.r_[np.flatnonzero(np.diff(sq)), len(sq) - 1]  # last (= t-th) of each query
+        pick = order[last]
+        mask = np.isin(stats.q[pick], np.fromiter(over, np.int64, len(over)))
+        pick = pick[mask]
+        return stats.q[pick], stats.h[pick], stats.hi[pick]
+
+
+def table_stats(table: pa.Table, qkeys: np.ndarray, mode: str, cap: int, n_buckets: int):
+    """(query bucket, QueryStats) partials of one candidate table, for the combiner."""
+    q, h, hi, _ = candidate_pairs(table, qkeys)
+    if len(q) == 0:
         return []
-    parents = pc.list_parent_indices(qids).to_numpy(zero_copy_only=False)
-    lo, hi = uid_keys(table["uid"])[parents], uid_keys(table["uid"], first=True)[parents]
-    return _group(flat % n_buckets, {"qid": flat.astype(np.int32), "lo": lo, "hi": hi})
+    buckets = q % n_buckets
+    out = []
+    for b in np.unique(buckets).tolist():
+        m = buckets == b
+        uq, counts = np.unique(q[m], return_counts=True)
+        part = QueryStats(uq, counts.astype(np.int64))
+        if mode == "exact":
+            part = QueryStats(uq, counts.astype(np.int64), q[m], h[m], hi[m]).compact(cap)
+        out.append((int(b), part))
+    return out
 
 
-def pairs_by_uid_bucket(pairs: pa.Table, n_buckets: int) -> list[tuple[int, pa.Table]]:
-    """Selected pairs grouped by their candidate's uid bucket (``status_io.uid_bucket``)."""
-    if pairs.num_rows == 0:
-        return []
-    lo = pairs["lo"].to_numpy()
-    cols = {"qid": pairs["qid"].to_numpy(), "lo": lo, "hi": pairs["hi"].to_numpy()}
-    return _group(((lo & np.uint64(0xFF)) % np.uint64(n_buckets)).astype(np.int64), cols)
+class QueryStatsFn(beam.CombineFn):
+    """Lifted combiner: partials merge before the shuffle, each kept to t pairs per query."""
+
+    def __init__(self, mode: str, cap: int):
+        if mode not in MODES:
+            raise ValueError(f"unknown --balance mode {mode!r}")
+        self.cap = cap if mode == "exact" else None
+
+    def create_accumulator(self):
+        return []  # QueryStats parts, merged once they hold many pairs
+
+    def add_input(self, acc, part):
+        acc.append(part)
+        if len(acc) > 64 or sum(len(p.q) for p in acc) > COMPACT_AT:
+            acc[:] = [QueryStats.merge(acc, self.cap)]
+        return acc
+
+    def merge_accumulators(self, accs):
+        return [QueryStats.merge([p for acc in accs for p in acc], self.cap)]
+
+    def compact(self, acc):
+        return [QueryStats.merge(acc, self.cap)]
+
+    def extract_output(self, acc):
+        stats = QueryStats.merge(acc, self.cap)
+        tq, th, thi = stats.thresholds(self.cap) if self.cap is not None else (None,) * 3
+        return stats.cq, stats.cn, tq, th, thi
 
 
-def select_pairs(pairs: pa.Table, query_keys: dict[int, int], mode: str, cap: int) -> pa.Table:
-    """The selected (qid, uid) pairs among all pairs of some queries.
+def dense_stats(parts) -> dict[str, np.ndarray]:
+    """The per-query numbers as compact arrays indexed by query id (the side input)."""
+    n_queries = max((int(cq.max()) + 1 for cq, *_ in parts if len(cq)), default=0)
+    counts = np.zeros(n_queries, np.int64)
+    thr_h = np.full(n_queries, _MAX, np.uint64)
+    thr_hi = np.full(n_queries, _MAX, np.uint64)
+    for cq, cn, tq, th, thi in parts:
+        counts[cq] += cn
+        if tq is not None and len(tq):
+            thr_h[tq], thr_hi[tq] = th, thi
+    return {"counts": counts, "thr_h": thr_h, "thr_hi": thr_hi}
 
-    ``pairs`` must hold every pair of each query it contains (one query bucket).
-    ``query_keys`` maps qid -> query_key(seed, query).
+
+def select_candidates(
+    table: pa.Table, qkeys: np.ndarray, stats: dict, mode: str, cap: int
+) -> pa.Table:
+    """Set ``sel`` and ``status`` (kept / not_selected) from the per-query numbers.
+
+    A pure per-candidate map: ``exact`` selects a pair when its query has at most t pairs
+    or when (hash, hi) is at or below the query's t-th smallest; ``metaclip`` when the
+    hash, read as a number in [0, 1), is below min(1, t / count).
     """
     if mode not in MODES:
         raise ValueError(f"unknown --balance mode {mode!r}")
-    if pairs.num_rows == 0:
-        return pairs
-    qid = pairs["qid"].to_numpy().astype(np.int64)
-    ukeys = pairs["lo"].to_numpy()
-    uniq, inverse, counts = np.unique(qid, return_inverse=True, return_counts=True)
-    qkeys = np.array([query_keys[int(q)] for q in uniq], np.uint64)[inverse]
-    h = pair_hashes(qkeys, ukeys)
+    n = table.num_rows
+    q, h, hi, parents = candidate_pairs(table, qkeys)
+    counts = stats["counts"][q]
     if mode == "exact":
-        tie = pairs["hi"].to_numpy()  # other uid bits break 64-bit hash ties
-        order = np.lexsort((tie, h, qid))
-        sorted_q = qid[order]
-        group_start = np.r_[0, np.flatnonzero(np.diff(sorted_q)) + 1]
-        sizes = np.diff(np.r_[group_start, len(order)])
-        rank = np.arange(len(order)) - np.repeat(group_start, sizes)
-        chosen = np.sort(order[rank < cap])
+        th, thi = stats["thr_h"][q], stats["thr_hi"][q]
+        chosen = (counts <= cap) | (h < th) | ((h == th) & (hi <= thi))
     else:
-        p = np.minimum(1.0, cap / counts[inverse])
+        p = np.minimum(1.0, cap / np.maximum(counts, 1))
         u = (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-        chosen = np.flatnonzero(u < p)
-    return pairs.take(pa.array(chosen))
-
-
-def _rows_of(candidates: pa.Table, pairs: pa.Table) -> np.ndarray:
-    """For each pair, the index of its candidate (matched on both uid halves)."""
-    lo_c, hi_c = uid_keys(candidates["uid"]), uid_keys(candidates["uid"], first=True)
-    lo_p, hi_p = pairs["lo"].to_numpy(), pairs["hi"].to_numpy()
-    order = np.argsort(lo_c, kind="stable")
-    pos = np.minimum(np.searchsorted(lo_c[order], lo_p), len(order) - 1)
-    row = order[pos] if len(order) else np.zeros(0, np.int64)
-    if len(row) and np.all(lo_c[row] == lo_p) and np.all(hi_c[row] == hi_p):
-        return row.astype(np.int64)
-    index = {(int(h), int(lo)): i for i, (h, lo) in enumerate(zip(hi_c, lo_c, strict=True))}
-    try:  # equal low halves within one bucket (or a bug): match on the full 128 bits
-        return np.array(
-            [index[(int(h), int(lo))] for h, lo in zip(hi_p, lo_p, strict=True)], np.int64
-        )
-    except KeyError:
-        raise ValueError("selected pairs name uids that are not among the candidates") from None
-
-
-def apply_selection(candidates: pa.Table, selected: pa.Table, mode: str = "exact") -> pa.Table:
-    """Set ``sel`` and ``status`` (kept / not_selected) on candidates from selected pairs."""
-    from pipeline.schema import KEPT, NOT_SELECTED
-    from pipeline.status_io import WORK_SCHEMA
-
-    why = "cap_reached" if mode == "exact" else "not_drawn"
-    n = candidates.num_rows
-    row = _rows_of(candidates, selected)
-    qid = selected["qid"].to_numpy().astype(np.int32)
-    order = np.lexsort((qid, row))
-    counts = np.bincount(row, minlength=n)
+        chosen = u < p
+    per_row = np.bincount(parents[chosen], minlength=n)
     offsets = np.zeros(n + 1, np.int32)
-    np.cumsum(counts, out=offsets[1:])
-    picked = counts > 0
-    sel = pa.ListArray.from_arrays(pa.array(offsets), pa.array(qid[order], pa.int32()),
-                                   mask=pa.array(~picked))  # fmt: skip
-    table = candidates
-    for name, values in (
+    np.cumsum(per_row, out=offsets[1:])
+    picked = per_row > 0
+    values = pa.array(q[chosen].astype(np.int32), pa.int32())
+    sel = pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(~picked))
+    why = "cap_reached" if mode == "exact" else "not_drawn"
+    for name, col in (
         ("sel", sel),
         ("status", pc.if_else(pa.array(picked), KEPT, NOT_SELECTED)),
         ("reason", pc.if_else(pa.array(picked), pa.scalar(None, pa.string()), why)),
     ):
         i = table.schema.get_field_index(name)
-        table = table.set_column(i, WORK_SCHEMA.field(name), values)
+        table = table.set_column(i, WORK_SCHEMA.field(name), col)
     return table
 
 
 # --- Beam -----------------------------------------------------------------------
 
 
-class _SelectFn(WithQueries):
-    def __init__(self, handle, querylist, mode, cap, seed):
-        super().__init__(handle, querylist)
-        self.mode, self.cap, self.seed = mode, cap, seed
-        self._keys: dict[int, int] = {}
+class _WithKeys(WithQueries):
+    """The query list plus its per-seed keys, computed once per worker process."""
 
-    def _key(self, qid: int) -> int:
-        if qid not in self._keys:
-            self._keys[qid] = query_key(self.seed, self.q.queries[qid])
-        return self._keys[qid]
+    def __init__(self, handle, querylist, seed, beam_args=()):
+        super().__init__(handle, querylist, beam_args)
+        self.seed = seed
 
-    def process(self, kv):
-        _bucket, tables = kv
-        pairs = pa.concat_tables(list(tables))
-        keys = {int(q): self._key(int(q)) for q in pc.unique(pairs["qid"]).to_pylist()}
-        chosen = select_pairs(pairs, keys, self.mode, self.cap)
-        if chosen.num_rows == 0:
-            return
-        yield from pairs_by_uid_bucket(chosen, status_io.N_BUCKETS)
+    def setup(self):
+        super().setup()
+        attr = f"_keys_{self.seed}"
+        if getattr(self.q, attr, None) is None:
+            setattr(self.q, attr, query_keys(self.q.queries, self.seed))
+        self.qkeys = getattr(self.q, attr)
 
 
-def _join_selection(kv, mode):
-    bucket, grouped = kv
-    candidates = list(grouped["candidates"])
-    if not candidates:
-        return
-    table = pa.concat_tables(candidates)
-    chosen = list(grouped["selected"])
-    selected = pa.concat_tables(chosen) if chosen else PAIR_SCHEMA.empty_table()
-    yield bucket, apply_selection(table, selected, mode)
+class _StatsFn(_WithKeys):
+    def __init__(self, handle, querylist, seed, mode, cap, n_buckets, beam_args=()):
+        super().__init__(handle, querylist, seed, beam_args)
+        self.mode, self.cap, self.n_buckets = mode, cap, n_buckets
+
+    def process(self, table):
+        yield from table_stats(table, self.qkeys, self.mode, self.cap, self.n_buckets)
+
+
+class _SelectFn(_WithKeys):
+    def __init__(self, handle, querylist, seed, mode, cap, beam_args=()):
+        super().__init__(handle, querylist, seed, beam_args)
+        self.mode, self.cap = mode, cap
+        self.elements = Metrics.distribution("wit.units", "select_rows")
+
+    def process(self, table, stats):
+        self.elements.update(table.num_rows)
+        yield select_candidates(table, self.qkeys, stats, self.mode, self.cap)
 
 
 class BalancePerQuery(beam.PTransform):
-    """Count per query and select <= t per query; emits candidates with status kept/not_selected."""
+    """Candidate tables in, the same tables with status kept/not_selected and ``sel`` out.
 
-    def __init__(self, handle, querylist, mode, cap, seed):
+    ``n_buckets`` (query buckets of the stats combiner) grows with the input, so no
+    constant bounds the combine's parallelism.
+    """
+
+    def __init__(self, handle, querylist, mode, cap, seed, n_buckets=1, beam_args=()):
         super().__init__()
-        self.args = (handle, querylist, mode, cap, seed)
-        self.mode = mode
+        if mode not in MODES:
+            raise ValueError(f"unknown --balance mode {mode!r}")
+        self.handle, self.querylist, self.beam_args = handle, querylist, tuple(beam_args)
+        self.mode, self.cap, self.seed, self.n_buckets = mode, cap, seed, max(1, n_buckets)
 
     def expand(self, matched):
-        selected = (
+        args = (self.handle, self.querylist, self.seed)
+        stats = (
             matched
-            | "Pairs" >> beam.FlatMap(lambda kv: pairs_by_query_bucket(kv[1], status_io.N_BUCKETS))
-            | "ByQueryBucket" >> beam.GroupByKey()
-            | "Select" >> beam.ParDo(_SelectFn(*self.args))
+            | "PairStats"
+            >> beam.ParDo(
+                _StatsFn(*args, self.mode, self.cap, self.n_buckets, self.beam_args)
+            )  # fmt: skip
+            | "PerQueryBucket" >> beam.CombinePerKey(QueryStatsFn(self.mode, self.cap))
+            | "Values" >> beam.Values()
+            | "AllBuckets" >> beam.combiners.ToList()
+            | "Dense" >> beam.Map(dense_stats)
         )
-        mode = self.mode
-        return (
-            {"candidates": matched, "selected": selected}
-            | "JoinSelection" >> beam.CoGroupByKey()
-            | "Apply" >> beam.FlatMap(_join_selection, mode)
+        return matched | "Select" >> beam.ParDo(
+            _SelectFn(*args, self.mode, self.cap, self.beam_args), beam.pvalue.AsSingleton(stats)
         )

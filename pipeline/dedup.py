@@ -5,8 +5,12 @@ A status table holds each uid once, so a later copy is recorded under its row ui
 joins back to the row that won.
 
 "First" is the smallest (source, row), so the winner does not depend on how the runner
-split or ordered the work. Rows are shuffled by uid bucket, so all copies of a uid meet in
-one bucket, where this module's plain functions decide.
+split or ordered the work. Each input table is first deduplicated on its own (copies
+inside one read batch never cross the shuffle), then the surviving rows are shuffled by
+uid bucket, so all copies of a uid meet in one bucket, where this module's plain
+functions decide. The number of buckets is sized from the input (about
+``ROWS_PER_BUCKET`` rows each), so parallelism grows with the input, and each bucket's
+winners leave in slices of at most ``MAX_TABLE_ROWS`` rows.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline import status_io
 from pipeline.normalize import row_uid
 from pipeline.schema import DUPLICATE
 from pipeline.status_io import FINAL
@@ -22,8 +27,8 @@ from pipeline.status_io import FINAL
 
 def resolve_duplicates(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     """(winners, duplicates): one winner per uid; duplicates carry status and the winner."""
-    if table.num_rows == 0:
-        return table, table
+    if table.num_rows == 0 or pc.count_distinct(table["uid"]).as_py() == table.num_rows:
+        return table, table.slice(0, 0)
     table = table.sort_by([("uid", "ascending"), ("source", "ascending"), ("row", "ascending")])
     uids = table["uid"].to_pylist()
     first = [True] + [uids[i] != uids[i - 1] for i in range(1, len(uids))]
@@ -54,17 +59,43 @@ def resolve_duplicates(table: pa.Table) -> tuple[pa.Table, pa.Table]:
 # --- Beam ---------------------------------------------------------------------------------
 
 
+#: Target rows per dedup bucket; the job derives the bucket count from the input size.
+ROWS_PER_BUCKET = 100_000
+#: No table that leaves Dedup is larger than this (the later stages are per-table maps).
+MAX_TABLE_ROWS = 50_000
+
+
+def _first_copies_locally(table, n_buckets):
+    winners, dups = resolve_duplicates(table)
+    if dups.num_rows:
+        yield beam.pvalue.TaggedOutput(FINAL, dups)
+    yield from status_io.split_by_bucket(winners, n_buckets)
+
+
 def _dedup_bucket(kv):
-    bucket, tables = kv
+    _bucket, tables = kv
     winners, dups = resolve_duplicates(pa.concat_tables(list(tables)))
-    yield beam.pvalue.TaggedOutput(FINAL, dups)
-    yield bucket, winners
+    if dups.num_rows:
+        yield beam.pvalue.TaggedOutput(FINAL, dups)
+    for start in range(0, winners.num_rows, MAX_TABLE_ROWS):
+        yield winners.slice(start, MAX_TABLE_ROWS)
 
 
 class Dedup(beam.PTransform):
-    def expand(self, keyed):
-        return (
-            keyed
+    """Candidate tables in; unique candidates out (tables), duplicates tagged ``final``."""
+
+    def __init__(self, n_buckets: int = 1):
+        super().__init__()
+        self.n_buckets = max(1, int(n_buckets))
+
+    def expand(self, tables):
+        local = tables | "FirstCopiesPerTable" >> beam.FlatMap(
+            _first_copies_locally, self.n_buckets
+        ).with_outputs(FINAL, main="keyed")
+        grouped = (
+            local.keyed
             | "ByUidBucket" >> beam.GroupByKey()
             | "FirstCopyWins" >> beam.FlatMap(_dedup_bucket).with_outputs(FINAL, main="unique")
         )
+        both = (local[FINAL], grouped[FINAL]) | "AllDuplicates" >> beam.Flatten()
+        return {"unique": grouped.unique, FINAL: both}

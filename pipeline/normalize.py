@@ -160,12 +160,15 @@ class _NormalizeFn(beam.DoFn):
     def process(self, raw):
         table = normalize_table(raw)
         rejected = pc.is_valid(table["status"])
-        yield beam.pvalue.TaggedOutput(FINAL, table.filter(rejected))
-        yield from status_io.split_by_bucket(table.filter(pc.invert(rejected)))
+        if pc.any(rejected).as_py():
+            yield beam.pvalue.TaggedOutput(FINAL, table.filter(rejected))
+        accepted = table.filter(pc.invert(rejected))
+        if accepted.num_rows:
+            yield accepted
 
 
 class NormalizeCaptions(beam.PTransform):
-    """raw tables -> (uid bucket, accepted rows) and, tagged ``final``, rejected rows."""
+    """raw tables -> accepted rows (tables) and, tagged ``final``, rejected rows."""
 
     def expand(self, raw):
         return raw | beam.ParDo(_NormalizeFn()).with_outputs(FINAL, main="accepted")

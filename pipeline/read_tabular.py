@@ -115,7 +115,7 @@ def plan_parquet(path: str, url_col, caption_col) -> list[dict]:
     for i in range(meta.num_row_groups):
         n = meta.row_group(i).num_rows
         units.append({"kind": "parquet", "path": path, "row_group": i, "first_row": start,
-                      "url_col": cols.url, "caption_col": cols.caption})  # fmt: skip
+                      "rows": n, "url_col": cols.url, "caption_col": cols.caption})  # fmt: skip
         start += n
     return units
 

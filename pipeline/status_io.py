@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import copyreg
 import hashlib
-import io
-import os
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 
+from pipeline import fsio
 from pipeline.schema import QUERY_COUNTS_SCHEMA, STATUS_SCHEMA, STATUSES
 
 WORK_SCHEMA = pa.schema(
@@ -35,11 +32,6 @@ WORK_SCHEMA = pa.schema(
         pa.field("key", pa.string()),
     ]
 )
-
-#: Shuffle buckets for dedup and balancing: each bucket is one unit of work, so this bounds
-#: those stages' parallelism; few buckets keep the number of small Arrow tables (each
-#: pickled between stages for ~0.1-0.3 ms) low on a small machine.
-N_BUCKETS = 16
 
 #: The tagged output on which a stage emits the rows it has given their final status.
 FINAL = "final"
@@ -64,23 +56,52 @@ def _table_to_ipc(table: pa.Table):
 copyreg.pickle(pa.Table, _table_to_ipc)
 
 
-def uid_bucket(uid: str) -> int:
-    """Which shuffle bucket a uid belongs to: uids end in SHA-256 hex digits, so this is
-    uniform and stable across runs and workers."""
-    return int(uid[-2:], 16) % N_BUCKETS
+_HEX_VALUE = np.full(256, 0, np.uint64)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX_VALUE[_c] = _i
+_POWERS = np.array([1 << (4 * (15 - i)) for i in range(16)], np.uint64)
 
 
-_HEX_PAIRS = pa.array([f"{i:02x}" for i in range(256)])
+def uid_keys(uids: pa.ChunkedArray | pa.Array, first: bool = False) -> np.ndarray:
+    """The last 16 hex digits of each uid as uint64 (``first``: the leading 16 instead).
+
+    uids are SHA-256 hex, so these are uniform 64-bit numbers: good hash keys for free.
+    """
+    sliced = (
+        pc.utf8_slice_codeunits(uids, start=0, stop=16)
+        if first
+        else pc.utf8_slice_codeunits(uids, start=-16)
+    )
+    arr = sliced.combine_chunks() if isinstance(sliced, pa.ChunkedArray) else sliced
+    offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset : arr.offset + len(arr) + 1]
+    if len(arr) and (np.any(np.diff(offsets) != 16)):
+        return np.fromiter(
+            (int(u, 16) if _is_hex(u) else _fallback_key(u) for u in arr.to_pylist()),
+            np.uint64,
+            len(arr),
+        )
+    raw = np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0] : offsets[0] + 16 * len(arr)]
+    nibbles = _HEX_VALUE[raw.reshape(-1, 16)]
+    return (nibbles * _POWERS).sum(axis=1, dtype=np.uint64)
 
 
-def uid_buckets(uids: pa.ChunkedArray | pa.Array, n_buckets: int = N_BUCKETS) -> np.ndarray:
-    """``uid_bucket`` for a whole column at once (any ``n_buckets`` up to 256)."""
-    tails = pc.utf8_slice_codeunits(uids, start=-2)
-    values = pc.index_in(tails, value_set=_HEX_PAIRS).to_numpy(zero_copy_only=False)
-    return values.astype(np.int64) % n_buckets
+def _is_hex(text: str | None) -> bool:
+    return bool(text) and all(c in "0123456789abcdef" for c in text)
 
 
-def split_by_bucket(table: pa.Table, n_buckets: int = N_BUCKETS) -> list[tuple[int, pa.Table]]:
+def _fallback_key(text: str | None) -> int:
+    return int.from_bytes(hashlib.blake2b((text or "").encode(), digest_size=8).digest(), "little")
+
+
+def uid_buckets(uids: pa.ChunkedArray | pa.Array, n_buckets: int) -> np.ndarray:
+    """Which of ``n_buckets`` shuffle buckets each uid belongs to: uniform, stable across
+    runs and workers, and any number of buckets (the job sizes it from the input)."""
+    if n_buckets <= 1:
+        return np.zeros(len(uids), np.int64)
+    return (uid_keys(uids, first=True) % np.uint64(n_buckets)).astype(np.int64)
+
+
+def split_by_bucket(table: pa.Table, n_buckets: int) -> list[tuple[int, pa.Table]]:
     """(bucket, rows of that bucket) for every bucket present in ``table``."""
     if table.num_rows == 0:
         return []
@@ -150,15 +171,6 @@ def to_status_table(table: pa.Table, query_names: pa.Array) -> pa.Table:
     return pa.table(cols, schema=STATUS_SCHEMA)
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with FileSystems.create(tmp) as f:
-        f.write(data)
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([tmp], [path])
-
-
 def write_status_part(out_dir: str, stage: str, table: pa.Table) -> str | None:
     """Write one status part named by its content, so a retried bundle rewrites the same file."""
     if table.num_rows == 0:
@@ -172,31 +184,28 @@ def write_status_part(out_dir: str, stage: str, table: pa.Table) -> str | None:
         for u, s in zip(table["uid"].to_pylist(), table["status"].to_pylist(), strict=True)
     )
     digest = hashlib.sha1("\n".join(lines).encode()).hexdigest()[:20]
-    path = FileSystems.join(out_dir, "status", f"part-{stage}-{digest}.parquet")
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    _write_atomic(path, buf.getvalue())
+    path = fsio.join(out_dir, "status", f"part-{stage}-{digest}.parquet")
+    fsio.publish(path, fsio.parquet_bytes(table))
     return path
 
 
 def read_status(out_dir: str, columns: list[str] | None = None) -> pa.Table:
-    """All status parts of OUT as one table (local folders)."""
-    folder = os.path.join(out_dir, "status")
-    files = (
-        sorted(f for f in os.listdir(folder) if f.endswith(".parquet"))
-        if os.path.isdir(folder)
-        else []
-    )
+    """All status parts of OUT as one table: for tests and small outputs only.
+
+    The job itself never reads status rows back (its counts come out of the pipeline);
+    wit-stats reads them with DuckDB in place.
+    """
+    files = fsio.list_files(fsio.join(out_dir, "status", "*.parquet"))
     if not files:
         return (
             STATUS_SCHEMA.empty_table().select(columns) if columns else STATUS_SCHEMA.empty_table()
         )
-    tables = [pq.read_table(os.path.join(folder, f), columns=columns) for f in files]
-    return pa.concat_tables(tables)
+    return pa.concat_tables([fsio.read_parquet(f, columns=columns) for f in files])
 
 
 def query_counts(status: pa.Table, queries: list[str]) -> pa.Table:
-    """matched / selected / kept per query, from the final status table.
+    """matched / selected / kept per query, from the final status table (the reference
+    for the job's in-pipeline tally, ``pipeline.tally``; used by tests).
 
     matched: candidates that reached balancing (past dedup and language ID) and contain it;
     selected: candidates it selected; kept: candidates containing it that ended ``kept``.
@@ -229,8 +238,6 @@ def query_counts(status: pa.Table, queries: list[str]) -> pa.Table:
 
 
 def write_query_counts(out_dir: str, table: pa.Table) -> str:
-    path = FileSystems.join(out_dir, "counts", "query_counts.parquet")
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    _write_atomic(path, buf.getvalue())
+    path = fsio.join(out_dir, "counts", "query_counts.parquet")
+    fsio.publish(path, fsio.parquet_bytes(table))
     return path

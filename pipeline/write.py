@@ -7,20 +7,27 @@ rows are re-read from `shards/_status/NNNNN.parquet`, which records every candid
 shard (kept or failed) and is renamed into place last, as the completion marker.
 
 Inside a shard, images are fetched by a thread pool and written in key order with fixed
-tar metadata, so the same inputs give byte-identical tars. Every file is written under a
-temporary name in its final folder, fsynced and renamed; a failed write (a full disk)
-removes its temporaries and raises `ShardWriteError` with a one-line message.
+tar metadata, so the same inputs give byte-identical tars. Every file goes through Beam's
+FileSystems (so OUT may be ``s3://`` or ``gs://``) under a temporary name unique to the
+attempt; a failed write (a full disk) removes its temporaries and raises
+`ShardWriteError` with a one-line message.
+
+Publishing is two steps, as in Beam's own file sinks: the write step emits the names of
+its temporaries, and after a Reshuffle (which passes on only the outputs of the attempt
+the runner committed) the commit step renames them into place, the completion marker
+last. A retried or duplicated bundle (backup tasks on Flink and Spark) therefore writes
+its own temporaries, which are never renamed and are swept by `finalize_output`; it
+cannot interleave its files with another attempt's.
 """
 
 from __future__ import annotations
 
 import errno
-import glob
 import io
 import json
-import os
 import sys
 import tarfile
+import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +36,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import fsio
 from pipeline.fetch import Fetcher, FetchOptions
 from pipeline.resize import ImageResizer, ResizedImage
 from pipeline.schema import (
@@ -64,9 +72,10 @@ class ShardPaths:
     parquet: str
     status: str
 
-    def temporary(self, path: str) -> str:
-        folder, base = os.path.split(path)
-        return os.path.join(folder, f".{base}{TMP_SUFFIX}")
+    def temporary(self, path: str, attempt: str = "") -> str:
+        folder, base = path.rsplit("/", 1)
+        suffix = f".{attempt}" if attempt else ""
+        return f"{folder}/.{base}{suffix}{TMP_SUFFIX}"
 
     def all_final(self) -> tuple[str, str, str]:
         return (self.tar, self.parquet, self.status)
@@ -74,36 +83,28 @@ class ShardPaths:
 
 def shard_paths(out_dir: str, index: int) -> ShardPaths:
     name = shard_name(index)
-    shards = os.path.join(out_dir, SHARDS_DIR)
+    shards = fsio.join(out_dir, SHARDS_DIR)
     return ShardPaths(
         name,
-        os.path.join(shards, f"{name}.tar"),
-        os.path.join(shards, f"{name}.parquet"),
-        os.path.join(shards, STATUS_SUBDIR, f"{name}.parquet"),
+        fsio.join(shards, f"{name}.tar"),
+        fsio.join(shards, f"{name}.parquet"),
+        fsio.join(shards, STATUS_SUBDIR, f"{name}.parquet"),
     )
 
 
 def is_complete(paths: ShardPaths) -> bool:
     """A shard is complete once its status file (renamed last) and its tar exist."""
-    return all(os.path.exists(p) for p in paths.all_final())
+    return all(fsio.exists(p) for p in paths.all_final())
 
 
 def clean_stale_temp_files(out_dir: str) -> int:
-    """Remove temporaries left by a killed run; returns how many were removed."""
-    removed = 0
-    shards = os.path.join(out_dir, SHARDS_DIR)
-    for folder in (shards, os.path.join(shards, STATUS_SUBDIR)):
-        for path in glob.glob(os.path.join(glob.escape(folder), f".*{TMP_SUFFIX}")):
-            try:
-                os.remove(path)
-                removed += 1
-            except FileNotFoundError:
-                pass
-    sizes_tmp = os.path.join(out_dir, f".sizes.json{TMP_SUFFIX}")
-    if os.path.exists(sizes_tmp):
-        os.remove(sizes_tmp)
-        removed += 1
-    return removed
+    """Remove temporaries left by a killed run or a discarded attempt; returns how many."""
+    shards = fsio.join(out_dir, SHARDS_DIR)
+    found = []
+    for folder in (shards, fsio.join(shards, STATUS_SUBDIR), out_dir):
+        found += fsio.list_files(fsio.join(folder, f".*{TMP_SUFFIX}"))
+    fsio.delete_files(found)
+    return len(found)
 
 
 # --- shard assignment (pure) -------------------------------------------------------------
@@ -144,9 +145,14 @@ def assign_shards(records: Iterable[dict], shard_size: int) -> dict[int, list[di
 # --- one shard (plain functions) ---------------------------------------------------------
 
 
+#: Working fields a record may carry through the writer (query ids, input row) for the job.
+CARRIED = ("qids", "sel", "row")
+
+
 def status_row(record: dict, status: str, reason: str | None, shard=None, key=None) -> dict:
     row = {name: record.get(name) for name in STATUS_SCHEMA.names}
     row.update(status=status, reason=reason, shard=shard, key=key)
+    row.update({k: record[k] for k in CARRIED if k in record})
     for name in ("matched_queries", "selected_by"):
         row[name] = list(row[name] or [])
     return row
@@ -186,28 +192,14 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_parquet(table: pa.Table, path: str) -> None:
-    with open(path, "wb") as fh:
+    with fsio.create(path) as fh:
         pq.write_table(table, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+        fsio.sync_local(fh)
 
 
 def read_status_rows(paths: ShardPaths) -> list[dict]:
-    return pq.read_table(paths.status).cast(STATUS_SCHEMA).to_pylist()
+    return fsio.read_parquet(paths.status).cast(STATUS_SCHEMA).to_pylist()
 
 
 def reuse_status_rows(saved: list[dict], records: list[dict]) -> list[dict] | None:
@@ -263,38 +255,44 @@ class ShardWriter:
         return None, None, image
 
     def write(self, index: int, records: Iterable[dict]) -> list[dict]:
-        """Write shard `index` (or skip it when complete); returns its status rows."""
+        """Write and publish shard `index` (or skip it when complete); its status rows."""
+        rows, pending = self.write_uncommitted(index, records)
+        if pending:
+            commit_shard(pending)
+        return rows
+
+    def write_uncommitted(self, index: int, records: Iterable[dict]):
+        """(status rows, pending renames): the shard's files under attempt-unique names.
+
+        ``pending`` is None when the shard was already complete for these records;
+        otherwise ``commit_shard(pending)`` publishes it.
+        """
         paths = shard_paths(self.out_dir, index)
         records = list(records)
         if is_complete(paths):
             rows = reuse_status_rows(read_status_rows(paths), records)
             if rows is not None:
                 self.skipped_shards += 1
-                return rows
+                return rows, None
         ordered = sorted(records, key=lambda r: (key_for_uid(r["uid"]), r["uid"]))
-        os.makedirs(os.path.dirname(paths.status), exist_ok=True)
-        temps = [paths.temporary(p) for p in paths.all_final()]
+        attempt = uuid.uuid4().hex[:10]
+        temps = [paths.temporary(p, attempt) for p in paths.all_final()]
         try:
             rows = self._write_temporaries(paths, ordered, temps)
-            for tmp, final in zip(temps, paths.all_final(), strict=True):
-                os.replace(tmp, final)  # the status file goes last: the completion marker
-            _fsync_dir(os.path.dirname(paths.tar))
-            _fsync_dir(os.path.dirname(paths.status))
         except OSError as err:
-            for tmp in temps:
-                try:
-                    os.remove(tmp)
-                except OSError:
-                    pass
-            detail = err.strerror or type(err).__name__
+            try:
+                fsio.delete_files(temps)
+            except Exception:  # noqa: BLE001 - the write error is the one to report
+                pass
+            detail = err.strerror or " ".join(str(err).split())[:160] or type(err).__name__
             if err.errno == errno.ENOSPC:
                 detail = "no space left on device"
+            folder = paths.tar.rsplit("/", 1)[0]
             raise ShardWriteError(
-                err.errno,
-                f"cannot write shard {paths.name} in {os.path.dirname(paths.tar)}: {detail}",
+                err.errno, f"cannot write shard {paths.name} in {folder}: {detail}"
             ) from None
         self.written_shards += 1
-        return rows
+        return rows, list(zip(temps, paths.all_final(), strict=True))
 
     def _write_temporaries(self, paths: ShardPaths, ordered: list[dict], temps) -> list[dict]:
         tar_tmp, parquet_tmp, status_tmp = temps
@@ -302,8 +300,9 @@ class ShardWriter:
         samples: list[dict] = []
         seen_keys: set[str] = set()
         ext = self.resizer.extension
-        with open(tar_tmp, "wb") as fh:
-            with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        with fsio.create(tar_tmp) as fh:
+            # stream mode: object-store writers cannot seek; the bytes equal mode "w"
+            with tarfile.open(fileobj=fh, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
                 outcomes = self._pool.map(self._download, ordered)
                 for record, (status, reason, image) in zip(ordered, outcomes, strict=True):
                     key = key_for_uid(record["uid"])
@@ -320,11 +319,26 @@ class ShardWriter:
                     add_member(tar, f"{key}.json", sample_json(sample))
                     rows.append(status_row(record, KEPT, None, paths.name, key))
                     samples.append(sample)
-            fh.flush()
-            os.fsync(fh.fileno())
+            fsio.sync_local(fh)
         _write_parquet(pa.Table.from_pylist(samples, schema=SAMPLE_SCHEMA), parquet_tmp)
         _write_parquet(pa.Table.from_pylist(rows, schema=STATUS_SCHEMA), status_tmp)
         return rows
+
+
+def commit_shard(pending: list[tuple[str, str]]) -> None:
+    """Rename a shard's temporaries into place; idempotent, so a retried commit is safe.
+
+    The old completion marker goes first (a crash then leaves an incomplete shard, which
+    the next run redoes), the new marker last.
+    """
+    marker_tmp, marker = pending[-1]
+    if fsio.exists(marker_tmp) and fsio.exists(marker):
+        fsio.delete_files([marker])
+    for tmp, final in pending:
+        if fsio.exists(tmp):
+            fsio.move(tmp, final)
+    fsio.sync_dir(pending[0][1])
+    fsio.sync_dir(marker)
 
 
 def fetch_and_write_local(records: Iterable[dict], out_dir: str, options: FetchOptions):
@@ -345,8 +359,9 @@ def fetch_and_write_local(records: Iterable[dict], out_dir: str, options: FetchO
 # --- Beam ----------------------------------------------------------------------------------
 
 
-class _WriteShardFn(beam.DoFn):
-    def __init__(self, out_dir: str, options: FetchOptions):
+class _WriteShardFn(fsio.FsDoFn):
+    def __init__(self, out_dir: str, options: FetchOptions, beam_args=()):
+        super().__init__(beam_args)
         self.out_dir = out_dir
         self.options = options
         self.writer: ShardWriter | None = None
@@ -354,36 +369,53 @@ class _WriteShardFn(beam.DoFn):
         self.written = beam.metrics.Metrics.counter("wit.shards", "written")
 
     def setup(self):
+        super().setup()
         self.writer = ShardWriter(self.out_dir, self.options)
 
     def process(self, element):
         index, records = element
-        before = self.writer.skipped_shards
-        yield from self.writer.write(index, records)
-        if self.writer.skipped_shards > before:
-            self.skipped.inc()
-        else:
-            self.written.inc()
+        rows, pending = self.writer.write_uncommitted(index, records)
+        (self.skipped if pending is None else self.written).inc()
+        yield index, rows, pending
 
     def teardown(self):
         if self.writer is not None:
             self.writer.close()
 
 
-class FetchAndWriteShards(beam.PTransform):
-    """Selected candidate dicts in, the same dicts with their final status out.
+class _CommitShardFn(fsio.FsDoFn):
+    def process(self, element):
+        index, rows, pending = element
+        if pending:
+            commit_shard(pending)
+        yield index, rows
 
-    Writes OUT/shards/NNNNN.{tar,parquet} (+ _status/NNNNN.parquet); kept rows carry
-    `shard` and `key`, failures a `reason`. Call `finalize_output(OUT)` after the run.
+
+class _PlanFn(fsio.FsDoFn):
+    def __init__(self, out_dir: str, shard_size: int, beam_args=()):
+        super().__init__(beam_args)
+        self.out_dir, self.shard_size = out_dir, shard_size
+
+    def process(self, counts):
+        write_shard_plan(self.out_dir, sum(n for _, n in counts), self.shard_size)
+        return []
+
+
+class ShardOutcomes(beam.PTransform):
+    """Selected candidate dicts in; (shard index, that shard's status rows) out.
+
+    Ranks the selection into shards by uid without a global sort (per-bucket counts give
+    each bucket's offset), writes each shard under attempt-unique names, and commits after
+    a Reshuffle. Call `finalize_output(OUT)` after the run.
     """
 
-    def __init__(self, out_dir: str, options: FetchOptions | None = None):
+    def __init__(self, out_dir: str, options: FetchOptions | None = None, beam_args=()):
         super().__init__()
         self.out_dir = out_dir
         self.options = options or FetchOptions()
+        self.beam_args = tuple(beam_args)
 
     def expand(self, selected):
-        clean_stale_temp_files(self.out_dir)
         shard_size = self.options.shard_size
         keyed = selected | "KeyByUidBucket" >> beam.Map(lambda r: (uid_bucket(r["uid"]), r))
         counts = (
@@ -392,9 +424,8 @@ class FetchAndWriteShards(beam.PTransform):
             | "AllBucketCounts" >> beam.combiners.ToList()
         )
         offsets = counts | "BucketOffsets" >> beam.Map(bucket_offsets)
-        out_dir = self.out_dir
-        _ = counts | "RecordShardPlan" >> beam.Map(
-            lambda c: write_shard_plan(out_dir, sum(n for _, n in c), shard_size)
+        _ = counts | "RecordShardPlan" >> beam.ParDo(
+            _PlanFn(self.out_dir, shard_size, self.beam_args)
         )
         return (
             keyed
@@ -405,66 +436,77 @@ class FetchAndWriteShards(beam.PTransform):
                 beam.pvalue.AsSingleton(offsets),
             )
             | "GroupByShard" >> beam.GroupByKey()
-            | "FetchResizeWrite" >> beam.ParDo(_WriteShardFn(self.out_dir, self.options))
+            | "FetchResizeWrite"
+            >> beam.ParDo(_WriteShardFn(self.out_dir, self.options, self.beam_args))
+            | "OnlyCommittedAttempts" >> beam.Reshuffle()
+            | "CommitShards" >> beam.ParDo(_CommitShardFn(self.beam_args))
         )
+
+
+class FetchAndWriteShards(beam.PTransform):
+    """Selected candidate dicts in, the same dicts with their final status out.
+
+    Writes OUT/shards/NNNNN.{tar,parquet} (+ _status/NNNNN.parquet); kept rows carry
+    `shard` and `key`, failures a `reason`. Call `finalize_output(OUT)` after the run.
+    """
+
+    def __init__(self, out_dir: str, options: FetchOptions | None = None, beam_args=()):
+        super().__init__()
+        self.outcomes = ShardOutcomes(out_dir, options, beam_args)
+
+    def expand(self, selected):
+        return selected | "Shards" >> self.outcomes | "Rows" >> beam.FlatMap(lambda kv: kv[1])
 
 
 def write_shard_plan(out_dir: str, candidates: int, shard_size: int) -> int:
     """Record how many shards this run's selection fills; returns that number."""
     n_shards = -(-candidates // shard_size)
     plan = {"candidates": candidates, "shard_size": shard_size, "shards": n_shards}
-    _write_json_atomically(os.path.join(out_dir, SHARDS_DIR, PLAN_FILE), plan)
+    fsio.publish_json(fsio.join(out_dir, SHARDS_DIR, PLAN_FILE), plan)
     return n_shards
+
+
+STALE_DIR = "_stale"
 
 
 def finalize_output(out_dir: str) -> list[dict]:
     """Write sizes.json (in OUT and in OUT/shards) and return the shards for the manifest.
 
-    Only complete shards of this run's plan are listed; complete shards numbered beyond
-    it (left by an earlier run with a larger selection) are named in a warning.
+    O(shards): lists shards/ and reads each shard's parquet footer. Only complete shards
+    of this run's plan are listed; complete shards numbered beyond it (left by an earlier
+    run with a larger selection) are moved to OUT/_stale/, so that the documented
+    `--shards 'OUT/shards/*.tar'` glob and wit-stats never read them.
     """
     clean_stale_temp_files(out_dir)
-    plan_path = os.path.join(out_dir, SHARDS_DIR, PLAN_FILE)
-    limit = None
-    if os.path.exists(plan_path):
-        with open(plan_path, encoding="utf-8") as fh:
-            limit = json.load(fh)["shards"]
+    plan_path = fsio.join(out_dir, SHARDS_DIR, PLAN_FILE)
+    limit = fsio.read_json(plan_path)["shards"] if fsio.exists(plan_path) else None
     shards, stale = [], []
-    pattern = os.path.join(glob.escape(os.path.join(out_dir, SHARDS_DIR)), "*.tar")
-    for tar_path in sorted(glob.glob(pattern)):
-        name = os.path.basename(tar_path)[: -len(".tar")]
+    for tar_path in fsio.list_files(fsio.join(out_dir, SHARDS_DIR, "*.tar")):
+        name = tar_path.rsplit("/", 1)[-1][: -len(".tar")]
         if not name.isdigit():
             continue
         paths = shard_paths(out_dir, int(name))
-        if paths.tar != tar_path or not is_complete(paths):
-            continue
         if limit is not None and int(name) >= limit:
-            stale.append(f"{name}.tar")
+            stale.append(paths)
             continue
-        samples = pq.ParquetFile(paths.parquet).metadata.num_rows
-        shards.append({"shard": f"{name}.tar", "samples": samples})
+        if not is_complete(paths):
+            continue
+        shards.append({"shard": f"{name}.tar", "samples": fsio.parquet_rows(paths.parquet)})
     if stale:
+        for paths in stale:
+            for path, kind in zip(paths.all_final(), ("tar", "parquet", "status"), strict=True):
+                suffix = ".status.parquet" if kind == "status" else f".{kind}"
+                if fsio.exists(path):
+                    fsio.move(path, fsio.join(out_dir, STALE_DIR, paths.name + suffix))
+        names = [f"{p.name}.tar" for p in stale]
         print(
-            f"wit-build: warning: {len(stale)} shard(s) from an earlier run are not part of "
-            f"this output and are left out of sizes.json: {', '.join(stale[:5])}"
-            + (" ..." if len(stale) > 5 else ""),
+            f"wit-build: moved {len(stale)} shard(s) of an earlier, larger run out of shards/ "
+            f"to {STALE_DIR}/: {', '.join(names[:5])}" + (" ..." if len(names) > 5 else ""),
             file=sys.stderr,
         )
     sizes = {s["shard"]: s["samples"] for s in shards}
     # open_clip reads sizes.json from the folder that holds the tars; OUT/sizes.json is the
     # documented copy at the top of the output.
-    _write_json_atomically(os.path.join(out_dir, "sizes.json"), sizes)
-    _write_json_atomically(os.path.join(out_dir, SHARDS_DIR, "sizes.json"), sizes)
+    fsio.publish_json(fsio.join(out_dir, "sizes.json"), sizes)
+    fsio.publish_json(fsio.join(out_dir, SHARDS_DIR, "sizes.json"), sizes)
     return shards
-
-
-def _write_json_atomically(path: str, value) -> None:
-    folder, base = os.path.split(path)
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{base}{TMP_SUFFIX}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(value, fh, indent=1, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

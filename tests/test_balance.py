@@ -1,4 +1,9 @@
-"""BalancePerQuery: exact caps, MetaCLIP probabilities, determinism, and the Beam stage."""
+"""BalancePerQuery: exact caps, MetaCLIP probabilities, determinism, and the Beam stage.
+
+The job balances with a lifted combiner (per-query counts and t-th smallest hashes) and a
+per-candidate map. ``_select_reference`` is the shuffle-and-sort path it replaced
+(tests/balance_reference.py, the functions as they were); both must select the same pairs.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +21,8 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils import shared
 
+import balance_reference as reference
 from pipeline import balance, status_io
-from pipeline.status_io import split_by_bucket
 
 QUERIES = [f"query{i}" for i in range(60)]
 
@@ -42,14 +47,69 @@ def _keys(seed: int) -> dict[int, int]:
     return {i: balance.query_key(seed, q) for i, q in enumerate(QUERIES)}
 
 
-def _select_all(
+def _select_reference(
     table: pa.Table, mode: str, cap: int, seed: int = 0, n_buckets: int = 7
 ) -> pa.Table:
     chosen = [
-        balance.select_pairs(pairs, _keys(seed), mode, cap)
-        for _, pairs in balance.pairs_by_query_bucket(table, n_buckets)
+        reference.select_pairs(pairs, _keys(seed), mode, cap)
+        for _, pairs in reference.pairs_by_query_bucket(table, n_buckets)
     ]
-    return balance.apply_selection(table, pa.concat_tables(chosen), mode)
+    return reference.apply_selection(table, pa.concat_tables(chosen), mode)
+
+
+def _chunks(table: pa.Table, size: int) -> list[pa.Table]:
+    return [table.slice(i, size) for i in range(0, table.num_rows, size)]
+
+
+def _select_all(
+    table: pa.Table, mode: str, cap: int, seed: int = 0, n_buckets: int = 7, chunk: int = 700
+) -> pa.Table:
+    """The job's path without Beam: partials per table, the combiner's own methods (two
+    levels, as when lifted), the dense side input, then the per-candidate map."""
+    qkeys = balance.query_keys(QUERIES, seed)
+    fn = balance.QueryStatsFn(mode, cap)
+    per_bucket: dict[int, list] = {}
+    for part in _chunks(table, chunk):  # one accumulator per table, as a bundle would
+        for b, stats in balance.table_stats(part, qkeys, mode, cap, n_buckets):
+            acc = fn.compact(fn.add_input(fn.create_accumulator(), stats))
+            per_bucket.setdefault(b, []).append(acc)
+    outputs = [fn.extract_output(fn.merge_accumulators(accs)) for accs in per_bucket.values()]
+    dense = balance.dense_stats(outputs)
+    return pa.concat_tables(
+        balance.select_candidates(part, qkeys, dense, mode, cap) for part in _chunks(table, chunk)
+    )
+
+
+@pytest.mark.parametrize("mode", ["exact", "metaclip"])
+@pytest.mark.parametrize("cap", [1, 25, 400, 10_000])
+def test_combiner_selection_equals_the_replaced_sort_per_query(mode, cap):
+    table = _candidates(6000, seed=3)
+    for seed in (0, 5):
+        new = _select_all(table, mode, cap, seed=seed, n_buckets=5, chunk=911)
+        old = _select_reference(table, mode, cap, seed=seed)
+        for col in ("uid", "status", "reason", "sel"):
+            assert new[col].to_pylist() == old[col].to_pylist(), (mode, cap, seed, col)
+
+
+def test_accumulators_hold_at_most_t_pairs_per_query():
+    """A heavy-hitter query (every candidate) never needs all its pairs in one place."""
+    table = _candidates(5000, seed=4)
+    table = table.set_column(
+        table.schema.get_field_index("qids"),
+        status_io.WORK_SCHEMA.field("qids"),
+        pa.array([sorted({0, *q}) for q in table["qids"].to_pylist()], pa.list_(pa.int32())),
+    )
+    cap = 30
+    qkeys = balance.query_keys(QUERIES, 0)
+    fn = balance.QueryStatsFn("exact", cap)
+    acc = fn.create_accumulator()
+    for part in _chunks(table, 500):
+        for _b, stats in balance.table_stats(part, qkeys, "exact", cap, 1):
+            assert max(Counter(stats.q.tolist()).values()) <= cap
+            acc = fn.add_input(acc, stats)
+    merged = fn.compact(acc)[0]
+    assert max(Counter(merged.q.tolist()).values()) <= cap
+    assert dict(zip(merged.cq.tolist(), merged.cn.tolist(), strict=True))[0] == 5000
 
 
 def test_pair_hash_vectorized_equals_scalar_and_is_stable():
@@ -125,7 +185,9 @@ def test_metaclip_deterministic_per_seed():
 
 def test_unknown_mode():
     with pytest.raises(ValueError, match="--balance"):
-        balance.select_pairs(balance.PAIR_SCHEMA.empty_table(), {}, "random", 1)
+        balance.QueryStatsFn("random", 1)
+    with pytest.raises(ValueError, match="--balance"):
+        balance.select_candidates(_candidates(3), balance.query_keys(QUERIES, 0), {}, "x", 1)
 
 
 @pytest.mark.parametrize("mode", ["exact", "metaclip"])
@@ -133,18 +195,17 @@ def test_balance_stage_in_beam_equals_plain_functions(tmp_path, mode):
     qpath = tmp_path / "q.txt"
     qpath.write_text("\n".join(QUERIES), encoding="utf-8")
     table = _candidates(2000)
-    expected = _select_all(table, mode, 30)
+    expected = _select_reference(table, mode, 30)
     expected_rows = sorted(
         (u, st, tuple(s or ())) for u, st, s in
         zip(expected["uid"].to_pylist(), expected["status"].to_pylist(), expected["sel"].to_pylist(), strict=True)
     )  # fmt: skip
-    keyed = split_by_bucket(table)
     with BeamTestPipeline(runner=FnApiRunner()) as p:
         out = (
             p
-            | beam.Create(keyed)
-            | balance.BalancePerQuery(shared.Shared(), str(qpath), mode, 30, 0)
-            | beam.FlatMap(lambda kv: list(zip(kv[1]["uid"].to_pylist(), kv[1]["status"].to_pylist(),
-                                               [tuple(s or ()) for s in kv[1]["sel"].to_pylist()], strict=True)))
+            | beam.Create(_chunks(table, 300))
+            | balance.BalancePerQuery(shared.Shared(), str(qpath), mode, 30, 0, n_buckets=4)
+            | beam.FlatMap(lambda t: list(zip(t["uid"].to_pylist(), t["status"].to_pylist(),
+                                              [tuple(s or ()) for s in t["sel"].to_pylist()], strict=True)))
         )  # fmt: skip
         assert_that(out, equal_to(expected_rows))

@@ -231,7 +231,9 @@ def test_dedup_winner_does_not_depend_on_arrival_order():
     )}  # fmt: skip
 
 
-def test_dedup_stage_in_beam():
+@pytest.mark.parametrize("n_buckets", [1, 3])
+def test_dedup_stage_in_beam(n_buckets):
+    """Copies inside one table and across tables; the first (source, row) wins."""
     import apache_beam as beam
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
     from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
@@ -239,17 +241,16 @@ def test_dedup_stage_in_beam():
 
     from pipeline.dedup import Dedup
     from pipeline.normalize import candidate_uid
-    from pipeline.status_io import FINAL, split_by_bucket, work_table
+    from pipeline.status_io import FINAL, work_table
 
     uid = candidate_uid("http://a.org/1.jpg", "a red bus")
     other = candidate_uid("http://a.org/2.jpg", "a red bus")
-    first = work_table({"uid": [uid, other], "source": ["b.tsv", "b.tsv"], "row": [1, 2]})
+    first = work_table({"uid": [uid, other, uid], "source": ["b.tsv"] * 3, "row": [1, 2, 3]})
     second = work_table({"uid": [uid], "source": ["a.tsv"], "row": [7]})
-    keyed = split_by_bucket(first) + split_by_bucket(second)
     with BeamTestPipeline(runner=FnApiRunner()) as p:
-        out = p | beam.Create(keyed) | Dedup()
-        unique = out.unique | "u" >> beam.FlatMap(
-            lambda kv: zip(kv[1]["uid"].to_pylist(), kv[1]["source"].to_pylist(), strict=True)
+        out = p | beam.Create([first, second]) | Dedup(n_buckets)
+        unique = out["unique"] | "u" >> beam.FlatMap(
+            lambda t: zip(t["uid"].to_pylist(), t["source"].to_pylist(), strict=True)
         )
         dups = out[FINAL] | "d" >> beam.FlatMap(
             lambda t: zip(
@@ -260,7 +261,8 @@ def test_dedup_stage_in_beam():
             )
         )
         assert_that(unique, equal_to([(uid, "a.tsv"), (other, "b.tsv")]), label="unique")
-        assert_that(dups, equal_to([("duplicate", uid, "b.tsv")]), label="dups")
+        expected_dups = [("duplicate", uid, "b.tsv"), ("duplicate", uid, "b.tsv")]
+        assert_that(dups, equal_to(expected_dups), label="dups")
 
 
 @pytest.mark.slow
