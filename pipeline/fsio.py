@@ -152,6 +152,10 @@ def delete_files(paths: list[str]) -> None:
 
 def move(src: str, dst: str) -> None:
     """Rename one file (copy + delete on object stores)."""
+    if is_local(dst):
+        folder = os.path.dirname(local_path(dst))
+        if folder:
+            os.makedirs(folder, exist_ok=True)  # local-only: object stores have no folders
     FileSystems.rename([src], [dst])
 
 

@@ -13,6 +13,7 @@ import random
 from collections import Counter
 
 import apache_beam as beam
+import balance_reference as reference
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -21,7 +22,6 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils import shared
 
-import balance_reference as reference
 from pipeline import balance, status_io
 
 QUERIES = [f"query{i}" for i in range(60)]

@@ -382,7 +382,7 @@ def test_full_disk_gives_one_line_error_and_no_partial_shard(
     def no_space(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("pipeline.write.os.fsync", no_space)
+    monkeypatch.setattr("pipeline.fsio.os.fsync", no_space)
     writer = ShardWriter(str(tmp_path), fast_options())
     try:
         with pytest.raises(ShardWriteError) as err:
@@ -485,7 +485,7 @@ def test_whole_job_on_real_photos_keeps_the_status_invariant(web, flickr_dir, tm
     assert temp_files(out) == []
 
 
-def test_shards_beyond_this_runs_plan_are_left_out(web, flickr_dir, tmp_path, capsys):
+def test_shards_beyond_this_runs_plan_are_moved_out(web, flickr_dir, tmp_path, capsys):
     photos = flickr_records(web, flickr_dir, n=8)
     fetch_and_write_local(photos, str(tmp_path), fast_options(shard_size=2))
     assert len(finalize_output(str(tmp_path))) == 4
@@ -493,5 +493,10 @@ def test_shards_beyond_this_runs_plan_are_left_out(web, flickr_dir, tmp_path, ca
     shards = finalize_output(str(tmp_path))
     assert [s["shard"] for s in shards] == ["00000.tar", "00001.tar"]
     assert "00002.tar, 00003.tar" in capsys.readouterr().err
+    # moved out of shards/, so `--shards 'OUT/shards/*.tar'` and wit-stats never see them
+    assert sorted(os.listdir(tmp_path / "shards")) == [
+        "00000.parquet", "00000.tar", "00001.parquet", "00001.tar", "_plan.json", "_status",
+        "sizes.json"]  # fmt: skip
+    assert sorted(os.listdir(tmp_path / "_stale"))[:2] == ["00002.parquet", "00002.status.parquet"]
     with open(tmp_path / "shards" / "sizes.json") as fh:
         assert json.load(fh) == {"00000.tar": 2, "00001.tar": 2}
