@@ -1,9 +1,12 @@
-"""`wit-build`: the command line of the curation job. Unknown flags go to Beam."""
+"""`wit-build`: the command line of the curation job. Beam's own options go to Beam;
+any other unknown option is an error (exit 2)."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
+import functools
 import re
 import sys
 
@@ -43,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"],
     )
     p.add_argument("--shard-size", type=int, default=10000)
+    p.add_argument(
+        "--rows-per-bucket",
+        type=int,
+        default=100_000,
+        help="target candidates per shuffle bucket; the bucket count is the estimated input "
+        "size over this, so parallelism grows with the input (default 100000)",
+    )
     fetch = p.add_argument_group("fetching (as img2dataset names them)")
     fetch.add_argument("--min-image-size", type=int, default=10, help="reject smaller sides")
     fetch.add_argument("--max-aspect-ratio", type=float, default=10.0)
@@ -61,6 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
         "listed pages, per host (depth 1; default 0, off)",
     )
     p.add_argument(
+        "--page-delay",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --input-format pages: least time between two page requests to one host "
+        "(default 1.0); a larger robots.txt Crawl-delay still wins. Lower it only for sites "
+        "you run or may crawl hard",
+    )
+    p.add_argument(
+        "--pages-per-host",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --input-format pages: page requests in flight at once per host (default 2)",
+    )
+    p.add_argument(
         "--page-text",
         default="alt",
         choices=["alt", "title", "figcaption"],
@@ -73,6 +99,60 @@ def build_parser() -> argparse.ArgumentParser:
         help="switch off the address guard (local use and tests only)",
     )
     return p
+
+
+@functools.lru_cache(maxsize=1)
+def beam_option_names() -> frozenset[str]:
+    """Every `--flag` that a subclass of Beam's PipelineOptions, at any depth, registers."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    names: set[str] = set()
+    for cls in subclasses(PipelineOptions):
+        parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        parser.add_value_provider_argument = parser.add_argument  # Beam's parser extension
+        try:
+            cls._add_argparse_args(parser)
+        except Exception:  # noqa: BLE001 - one odd class must not hide the others' options
+            continue
+        names.update(s for action in parser._actions for s in action.option_strings)
+    return frozenset(n for n in names if n.startswith("--"))
+
+
+def _is_option(token: str) -> bool:
+    if not token.startswith("-") or token == "-":
+        return False
+    try:
+        float(token)  # a negative number is a value, not an option
+    except ValueError:
+        return True
+    return False
+
+
+def check_beam_args(parser: argparse.ArgumentParser, beam_args: list[str]) -> None:
+    """Exit 2 on an option that is neither ours nor Beam's; Beam would drop it silently,
+    so a misspelled `--no-fecth` would start downloading."""
+    if beam_args and not _is_option(beam_args[0]):
+        parser.error(f"unexpected argument {beam_args[0]!r}")
+    beam = beam_option_names()
+    ours = {s for action in parser._actions for s in action.option_strings if s.startswith("--")}
+    for token in beam_args:
+        if token == "--":
+            break
+        if not _is_option(token):
+            continue  # the value of the Beam option before it
+        name = token.split("=", 1)[0]
+        if name in beam:
+            continue
+        # Compare with dashes and underscores alike: Beam spells --direct_num_workers.
+        known = {n.replace("_", "-"): n for n in sorted(ours | beam)}
+        near = difflib.get_close_matches(name.replace("_", "-"), known, n=1, cutoff=0.75)
+        hint = f" (did you mean {known[near[0]]}?)" if near else ""
+        parser.error(f"unknown option {name}{hint}")
 
 
 def _one_line_failure(error: BaseException) -> str:
@@ -110,20 +190,31 @@ def _crawl_options(args):
     """Page crawling fetches pages even with --no-fetch (which skips only the images)."""
     from pipeline.crawl import CrawlOptions
 
+    pacing = {}  # CrawlOptions holds the defaults
+    if args.page_delay is not None:
+        pacing["page_delay"] = args.page_delay
+    if args.pages_per_host is not None:
+        pacing["pages_in_flight_per_host"] = args.pages_per_host
     return CrawlOptions(
-        fetch=_fetch_options(args), follow_links=args.follow_links, page_text=args.page_text
+        fetch=_fetch_options(args),
+        follow_links=args.follow_links,
+        page_text=args.page_text,
+        **pacing,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
-    if beam_args and not beam_args[0].startswith("-"):
-        parser.error(f"unexpected argument {beam_args[0]!r}")
+    check_beam_args(parser, beam_args)
     if args.per_query_cap < 1:
         parser.error("--per-query-cap must be at least 1")
     if args.follow_links < 0:
         parser.error("--follow-links must be 0 or more")
+    if args.page_delay is not None and not args.page_delay >= 0:  # also refuses nan
+        parser.error("--page-delay must be 0 or more seconds")
+    if args.pages_per_host is not None and args.pages_per_host < 1:
+        parser.error("--pages-per-host must be at least 1")
 
     from pipeline.job import JobConfig, run_job, summary_table
 
@@ -142,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             no_fetch=args.no_fetch,
             fetch_options=None if args.no_fetch else _fetch_options(args),
             crawl_options=_crawl_options(args) if args.input_format == "pages" else None,
+            rows_per_bucket=args.rows_per_bucket,
             beam_args=beam_args,
         )
         manifest = run_job(cfg)

@@ -273,6 +273,17 @@ def _read_errors(errors_dir: str) -> list[dict]:
     return found
 
 
+def _sweep_temporaries(cfg: JobConfig) -> None:
+    if cfg.no_fetch:
+        return
+    from pipeline.write import clean_stale_temp_files
+
+    try:
+        clean_stale_temp_files(cfg.out)
+    except Exception:  # noqa: BLE001 - the run's own error is the one to report
+        pass
+
+
 def _versions() -> dict[str, str]:
     versions = {"python": sys.version.split()[0]}
     for name in PACKAGES:
@@ -311,8 +322,12 @@ def run_job(cfg: JobConfig) -> dict:
     if plan.units or pages:
         p = beam.Pipeline(options=options)
         build_pipeline(p, cfg, plan, errors_dir, n_buckets)
-        result = p.run()
-        result.wait_until_finish()
+        try:
+            result = p.run()
+            result.wait_until_finish()
+        except BaseException:
+            _sweep_temporaries(cfg)  # shards written but never committed stay invisible
+            raise
         metrics = _counters(result, "wit.status")
         counts = read_totals(cfg.out)
     else:  # nothing to read: the counts of an empty run, written here (O(queries))

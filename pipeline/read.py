@@ -49,6 +49,9 @@ class Plan:
     units: list[dict] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     unreadable: list[dict] = field(default_factory=list)  # {"path", "error"}
+    # Paths that named a file already named by an earlier --input (or an earlier match of
+    # the same pattern), in the order met; each such file is read once, at its first naming.
+    duplicates_dropped: list[str] = field(default_factory=list)
 
 
 def expand_pattern(pattern: str) -> list[str]:
@@ -64,14 +67,26 @@ def expand_pattern(pattern: str) -> list[str]:
     return sorted(m.path for m in result.metadata_list)
 
 
-def plan_inputs(
-    patterns: list[str],
-    fmt: str = "auto",
-    url_col: str | None = None,
-    caption_col: str | None = None,
-) -> Plan:
-    """Cut every input into units. Raises ValueError when a pattern matches no file."""
-    plan = Plan()
+def same_file_key(path: str) -> str:
+    """What two spellings of one file have in common: the real path of a local file
+    (`pool/x.parquet`, `./pool/x.parquet`, a symlink), the path itself on remote storage."""
+    import os
+
+    if "://" in path:
+        return path
+    return os.path.realpath(path)
+
+
+def expand_inputs(patterns: list[str]) -> tuple[list[str], list[str]]:
+    """(files, duplicates dropped): every pattern expanded, each file kept once.
+
+    Overlapping patterns (`--input pool/x.parquet --input 'pool/*.parquet'`) would
+    otherwise read a file twice: its rows would get the same uids twice and the job would
+    fail at the end. Raises ValueError when a pattern cannot be listed or matches no file.
+    """
+    files: list[str] = []
+    dropped: list[str] = []
+    seen: set[str] = set()
     for pattern in patterns:
         try:
             paths = expand_pattern(pattern)
@@ -80,30 +95,52 @@ def plan_inputs(
         if not paths:
             raise ValueError(f"input {pattern} matches no file")
         for path in paths:
-            kind = detect_format(path) if fmt == "auto" else fmt
-            if kind is None:
-                plan.unreadable.append(
-                    {"path": path, "error": "unknown format (use --input-format)"}
-                )
+            key = same_file_key(path)
+            if key in seen:
+                dropped.append(path)
                 continue
-            try:
-                if kind == "parquet":
-                    units = read_tabular.plan_parquet(path, url_col, caption_col)
-                elif kind in ("tsv", "jsonl"):
-                    units = read_tabular.plan_lines(path, kind, url_col, caption_col)
-                elif kind == "csv":
-                    units = read_tabular.plan_csv(path, url_col, caption_col)
-                elif kind in PAGE_KINDS:
-                    units = [{"kind": kind, "path": path}]
-                else:
-                    raise ValueError(f"input format {kind!r} is not read by this job")
-            except Exception as e:  # noqa: BLE001 - report the file, keep the job going
-                plan.unreadable.append(
-                    {"path": path, "error": one_printable_line(f"{type(e).__name__}: {e}")}
-                )
-                continue
-            plan.files.append(path)
-            plan.units.extend(units)
+            seen.add(key)
+            files.append(path)
+    for path in dropped:
+        print(
+            f"wit-build: {path} is named by more than one --input; it is read once",
+            file=sys.stderr,
+        )
+    return files, dropped
+
+
+def plan_inputs(
+    patterns: list[str],
+    fmt: str = "auto",
+    url_col: str | None = None,
+    caption_col: str | None = None,
+) -> Plan:
+    """Cut every input into units. Raises ValueError when a pattern matches no file."""
+    plan = Plan()
+    paths, plan.duplicates_dropped = expand_inputs(patterns)
+    for path in paths:
+        kind = detect_format(path) if fmt == "auto" else fmt
+        if kind is None:
+            plan.unreadable.append({"path": path, "error": "unknown format (use --input-format)"})
+            continue
+        try:
+            if kind == "parquet":
+                units = read_tabular.plan_parquet(path, url_col, caption_col)
+            elif kind in ("tsv", "jsonl"):
+                units = read_tabular.plan_lines(path, kind, url_col, caption_col)
+            elif kind == "csv":
+                units = read_tabular.plan_csv(path, url_col, caption_col)
+            elif kind in PAGE_KINDS:
+                units = [{"kind": kind, "path": path}]
+            else:
+                raise ValueError(f"input format {kind!r} is not read by this job")
+        except Exception as e:  # noqa: BLE001 - report the file, keep the job going
+            plan.unreadable.append(
+                {"path": path, "error": one_printable_line(f"{type(e).__name__}: {e}")}
+            )
+            continue
+        plan.files.append(path)
+        plan.units.extend(units)
     for unreadable in plan.unreadable:
         print(
             f"wit-build: cannot read {unreadable['path']}: {unreadable['error']}", file=sys.stderr
@@ -145,12 +182,16 @@ PROGRESS_SECONDS = 5.0
 
 
 class _ReadUnitFn(beam.DoFn):
-    def __init__(self, errors_dir: str | None):
+    def __init__(self, errors_dir: str | None, beam_args=()):
         self.errors_dir = errors_dir
+        self.beam_args = tuple(beam_args or ())
         self.rows = Metrics.counter("wit", "input_rows")
         self.broken = Metrics.counter("wit", "unreadable_files")
 
     def setup(self):
+        from pipeline.fsio import ensure_options
+
+        ensure_options(self.beam_args)  # inputs on s3:// or gs:// from pool-started workers
         self._units = self._total = 0
         self._last_report = 0.0
 
@@ -189,15 +230,16 @@ class _ReadUnitFn(beam.DoFn):
 class ReadCandidates(beam.PTransform):
     """Units -> raw candidate tables (RAW_SCHEMA), spread over the workers."""
 
-    def __init__(self, units: list[dict], errors_dir: str | None = None):
+    def __init__(self, units: list[dict], errors_dir: str | None = None, beam_args=()):
         super().__init__()
         self.units = units
         self.errors_dir = errors_dir
+        self.beam_args = tuple(beam_args or ())
 
     def expand(self, pbegin):
         return (
             pbegin
             | "Units" >> beam.Create(self.units, reshuffle=False)
             | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(_ReadUnitFn(self.errors_dir))
+            | "Read" >> beam.ParDo(_ReadUnitFn(self.errors_dir, self.beam_args))
         )
