@@ -420,35 +420,78 @@ class ReadPageLists(beam.PTransform):
 class CrawlPageLists(beam.PTransform):
     """List files -> raw candidate tables; every page's row goes to `OUT/pages/part-*.parquet`."""
 
-    def __init__(self, paths: list[str], options: CrawlOptions, out_dir: str):
+    def __init__(self, paths: list[str], options: CrawlOptions, out_dir: str, beam_args=()):
         super().__init__()
         self.paths, self.options, self.out_dir = paths, options, out_dir
+        self.beam_args = tuple(beam_args)
 
     def expand(self, pbegin):
-        from apache_beam.io.filesystems import FileSystems
-
         crawled = (
             pbegin
             | "ReadPageLists" >> ReadPageLists(self.paths)
             | "CrawlPages" >> CrawlPages(self.options)
         )
-        _ = crawled["pages"] | "WritePages" >> beam.io.WriteToParquet(
-            FileSystems.join(self.out_dir, "pages", "part"),
-            schema=PAGE_SCHEMA,
-            file_name_suffix=".parquet",
+        _ = (
+            crawled["pages"]
+            | "PageBatches" >> beam.BatchElements(min_batch_size=1, max_batch_size=5000)
+            | "WritePages" >> beam.ParDo(_WritePagesFn(self.out_dir, self.beam_args))
+            | "PageTotals" >> beam.CombineGlobally(_sum_counts)
+            | "WritePageTotals" >> beam.ParDo(_WritePageTotalsFn(self.out_dir, self.beam_args))
         )
         return crawled["candidates"]
 
 
-def page_totals(out_dir: str) -> dict[str, int]:
-    """Pages per status in `OUT/pages` (every status listed, zeros included) for the manifest."""
-    import glob
-    import os
+def _sum_counts(dicts: Iterable[dict]) -> dict:
+    total: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            total[k] = total.get(k, 0) + v
+    return total
 
-    import pyarrow.parquet as pq
+
+class _WritePagesFn(beam.DoFn):
+    """One `OUT/pages/part-<digest>.parquet` per batch of page rows (content-named, so a
+    retried bundle rewrites the same file); yields the batch's pages per status."""
+
+    def __init__(self, out_dir: str, beam_args=()):
+        self.out_dir, self.beam_args = out_dir, tuple(beam_args)
+
+    def setup(self):
+        from pipeline.fsio import ensure_options
+
+        ensure_options(self.beam_args)
+
+    def process(self, rows):
+        import hashlib
+
+        from pipeline import fsio
+
+        table = pages_table(rows)
+        digest = hashlib.sha1("\n".join(sorted(r["page_url"] or "" for r in rows)).encode())
+        path = fsio.join(self.out_dir, "pages", f"part-{digest.hexdigest()[:20]}.parquet")
+        fsio.publish(path, fsio.parquet_bytes(table))
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        yield counts
+
+
+class _WritePageTotalsFn(_WritePagesFn):
+    def process(self, totals):
+        from pipeline import fsio
+
+        fsio.publish_json(fsio.join(self.out_dir, "counts", "pages.json"), totals)
+        return []
+
+
+def page_totals(out_dir: str) -> dict[str, int]:
+    """Pages per status (every status listed, zeros included) for the manifest; the
+    pipeline counted them into `OUT/counts/pages.json` (the launcher reads no page rows)."""
+    from pipeline import fsio
 
     totals = dict.fromkeys(PAGE_STATUSES, 0)
-    for path in sorted(glob.glob(os.path.join(out_dir, "pages", "part-*.parquet"))):
-        for status in pq.read_table(path, columns=["status"]).column("status").to_pylist():
-            totals[status] = totals.get(status, 0) + 1
+    path = fsio.join(out_dir, "counts", "pages.json")
+    if fsio.exists(path):
+        for status, n in fsio.read_json(path).items():
+            totals[status] = totals.get(status, 0) + n
     return totals

@@ -145,7 +145,7 @@ def _candidate_source(cfg: JobConfig, plan, errors_dir: str) -> beam.PTransform:
     if cfg.input_format == "pages":
         from pipeline.crawl import CrawlPageLists  # the page crawler, only for page lists
 
-        return "CrawlPages" >> CrawlPageLists(plan.files, cfg.crawl_options, cfg.out)
+        return "CrawlPages" >> CrawlPageLists(plan.files, cfg.crawl_options, cfg.out, cfg.beam_args)
     return "ReadCandidates" >> ReadCandidates(plan.units, errors_dir, cfg.beam_args)
 
 
