@@ -307,6 +307,14 @@ class _SelectFn(_WithKeys):
         yield select_candidates(table, self.qkeys, stats, self.mode, self.cap)
 
 
+_STATS_BUCKETS = Metrics.counter("wit.units", "query_stat_buckets")
+
+
+def _count_stats_bucket(kv):
+    _STATS_BUCKETS.inc()
+    return kv[1]
+
+
 class BalancePerQuery(beam.PTransform):
     """Candidate tables in, the same tables with status kept/not_selected and ``sel`` out.
 
@@ -330,7 +338,7 @@ class BalancePerQuery(beam.PTransform):
                 _StatsFn(*args, self.mode, self.cap, self.n_buckets, self.beam_args)
             )  # fmt: skip
             | "PerQueryBucket" >> beam.CombinePerKey(QueryStatsFn(self.mode, self.cap))
-            | "Values" >> beam.Values()
+            | "Values" >> beam.Map(_count_stats_bucket)
             | "AllBuckets" >> beam.combiners.ToList()
             | "Dense" >> beam.Map(dense_stats)
         )

@@ -16,6 +16,7 @@ winners leave in slices of at most ``MAX_TABLE_ROWS`` rows.
 from __future__ import annotations
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -72,9 +73,16 @@ def _first_copies_locally(table, n_buckets):
     yield from status_io.split_by_bucket(winners, n_buckets)
 
 
+_GROUPS = Metrics.counter("wit.units", "dedup_groups")
+_GROUP_ROWS = Metrics.distribution("wit.units", "dedup_group_rows")
+
+
 def _dedup_bucket(kv):
     _bucket, tables = kv
-    winners, dups = resolve_duplicates(pa.concat_tables(list(tables)))
+    _GROUPS.inc()
+    table = pa.concat_tables(list(tables))
+    _GROUP_ROWS.update(table.num_rows)
+    winners, dups = resolve_duplicates(table)
     if dups.num_rows:
         yield beam.pvalue.TaggedOutput(FINAL, dups)
     for start in range(0, winners.num_rows, MAX_TABLE_ROWS):

@@ -318,7 +318,7 @@ def run_job(cfg: JobConfig) -> dict:
           f"(~{estimated:,} candidates, {n_buckets} shuffle buckets), "
           f"{len(queries):,} queries", file=sys.stderr)  # fmt: skip
     options = pipeline_options(cfg.beam_args)
-    metrics = {}
+    metrics, units = {}, {}
     if plan.units or pages:
         p = beam.Pipeline(options=options)
         build_pipeline(p, cfg, plan, errors_dir, n_buckets)
@@ -329,6 +329,7 @@ def run_job(cfg: JobConfig) -> dict:
             _sweep_temporaries(cfg)  # shards written but never committed stay invisible
             raise
         metrics = _counters(result, "wit.status")
+        units = _counters(result, "wit.units")
         counts = read_totals(cfg.out)
     else:  # nothing to read: the counts of an empty run, written here (O(queries))
         counts = totals_record(Tally(), 0)
@@ -352,7 +353,11 @@ def run_job(cfg: JobConfig) -> dict:
         "input_rows": counts["input_rows"],
         "totals": counts["totals"],
         "metrics": metrics,
-        "parallelism": {"estimated_candidates": estimated, "shuffle_buckets": n_buckets},
+        "parallelism": {
+            "estimated_candidates": estimated,
+            "shuffle_buckets": n_buckets,
+            **units,  # groups each shuffle stage actually had (where the runner reports metrics)
+        },
         "inputs": {
             "files": plan.files,
             "units": len(plan.units),
@@ -390,14 +395,18 @@ def _page_totals(out: str) -> dict[str, int]:
 
 def _counters(result, namespace: str) -> dict[str, int]:
     try:
-        found = result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]
+        found = result.metrics().query(MetricsFilter().with_namespace(namespace))
     except Exception:  # noqa: BLE001 - metrics are informative; the status files are the truth
         return {}
     out: dict[str, int] = {}
-    for counter in found:
+    for counter in found["counters"]:
         out[counter.key.metric.name] = out.get(counter.key.metric.name, 0) + int(
             counter.committed or 0
         )
+    for dist in found.get("distributions", []):  # the largest element of a stage
+        if dist.committed is not None and dist.committed.count:
+            name = f"{dist.key.metric.name}_max"
+            out[name] = max(out.get(name, 0), int(dist.committed.max))
     return out
 
 

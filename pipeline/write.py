@@ -365,6 +365,7 @@ class _WriteShardFn(fsio.FsDoFn):
         self.out_dir = out_dir
         self.options = options
         self.writer: ShardWriter | None = None
+        self.groups = beam.metrics.Metrics.counter("wit.units", "shard_groups")
         self.skipped = beam.metrics.Metrics.counter("wit.shards", "skipped_complete")
         self.written = beam.metrics.Metrics.counter("wit.shards", "written")
 
@@ -374,6 +375,7 @@ class _WriteShardFn(fsio.FsDoFn):
 
     def process(self, element):
         index, records = element
+        self.groups.inc()
         rows, pending = self.writer.write_uncommitted(index, records)
         (self.skipped if pending is None else self.written).inc()
         yield index, rows, pending
