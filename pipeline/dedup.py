@@ -16,9 +16,9 @@ winners leave in slices of at most ``MAX_TABLE_ROWS`` rows.
 from __future__ import annotations
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 import pyarrow as pa
 import pyarrow.compute as pc
+from apache_beam.metrics import Metrics
 
 from pipeline import status_io
 from pipeline.normalize import row_uid
