@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--shard-size", type=int, default=10000)
     p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Beam's and the libraries' log lines (hidden by default)",
+    )
+    p.add_argument(
         "--rows-per-bucket",
         type=int,
         default=100_000,
@@ -204,6 +209,15 @@ def _crawl_options(args):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.progress import QuietStderr
+
+    argv = sys.argv[1:] if argv is None else argv
+    # before Beam is imported: its import-time warnings are library noise too
+    with QuietStderr(enabled="--verbose" not in argv):
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     check_beam_args(parser, beam_args)
@@ -216,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.pages_per_host is not None and args.pages_per_host < 1:
         parser.error("--pages-per-host must be at least 1")
 
+    return _run(args, beam_args)
+
+
+def _run(args, beam_args) -> int:
     from pipeline.job import JobConfig, run_job, summary_table
 
     try:
@@ -234,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             fetch_options=None if args.no_fetch else _fetch_options(args),
             crawl_options=_crawl_options(args) if args.input_format == "pages" else None,
             rows_per_bucket=args.rows_per_bucket,
+            verbose=args.verbose,
             beam_args=beam_args,
         )
         manifest = run_job(cfg)

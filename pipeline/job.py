@@ -37,6 +37,7 @@ from pipeline.dedup import ROWS_PER_BUCKET, Dedup
 from pipeline.lid import IdentifyLanguage
 from pipeline.match import MatchQueries, WithQueries, read_querylist
 from pipeline.normalize import NormalizeCaptions
+from pipeline.progress import PROGRESS_DIR, ProgressBars, QuietStderr, Reporter
 from pipeline.read import ReadCandidates, plan_inputs
 from pipeline.schema import KEPT, STATUSES
 from pipeline.status_io import FINAL
@@ -66,6 +67,7 @@ class JobConfig:
     fetch_options: object | None = None
     crawl_options: object | None = None  # pipeline.crawl.CrawlOptions for --input-format pages
     rows_per_bucket: int = ROWS_PER_BUCKET
+    verbose: bool = False  # Beam's and the libraries' log lines; progress bars either way
     beam_args: list[str] = field(default_factory=list)
 
 
@@ -75,10 +77,18 @@ class JobConfig:
 class _WriteStatusFn(WithQueries):
     """Writes one status part per table and emits its tally; counts statuses in metrics."""
 
-    def __init__(self, handle, querylist, out_dir, beam_args=()):
+    def __init__(self, handle, querylist, out_dir, beam_args=(), progress_phase="text"):
         super().__init__(handle, querylist, beam_args)
-        self.out_dir = out_dir
+        self.out_dir, self.progress_phase = out_dir, progress_phase
         self.counters = {s: Metrics.counter("wit.status", s) for s in STATUSES}
+
+    def setup(self):
+        super().setup()
+        self.progress = Reporter(self.out_dir if self.progress_phase else None,
+                                 self.progress_phase or "")  # fmt: skip
+
+    def finish_bundle(self):
+        self.progress.flush()
 
     def process(self, table):
         if table.num_rows == 0:
@@ -89,15 +99,19 @@ class _WriteStatusFn(WithQueries):
         status_io.write_status_part(
             self.out_dir, "p", status_io.to_status_table(table, self.q.names)
         )
+        self.progress.add(table.num_rows)
         yield tally
 
 
 class WriteStatus(beam.PTransform):
-    """WORK tables in; status/part-*.parquet written; one Tally per part out."""
+    """WORK tables in; status/part-*.parquet written; one Tally per part out.
 
-    def __init__(self, handle, querylist, out_dir, beam_args=()):
+    ``progress_phase``: which progress bar the rows advance (None: none, for the rows that
+    come back from fetching, already counted as selected)."""
+
+    def __init__(self, handle, querylist, out_dir, beam_args=(), progress_phase="text"):
         super().__init__()
-        self.fn = _WriteStatusFn(handle, querylist, out_dir, beam_args)
+        self.fn = _WriteStatusFn(handle, querylist, out_dir, beam_args, progress_phase)
 
     def expand(self, tables):
         return tables | beam.ParDo(self.fn)
@@ -110,7 +124,19 @@ class _ToRecordsFn(WithQueries):
     """Selected rows as dicts for the shard writer: status fields (query names) plus the
     working fields (query ids, input row) that come back with the outcome."""
 
+    def __init__(self, handle, querylist, out_dir, beam_args=()):
+        super().__init__(handle, querylist, beam_args)
+        self.out_dir = out_dir
+
+    def setup(self):
+        super().setup()
+        self.progress = Reporter(self.out_dir, "text")
+
+    def finish_bundle(self):
+        self.progress.flush()
+
     def process(self, table):
+        self.progress.add(table.num_rows)
         status = status_io.to_status_table(table, self.q.names).to_pylist()
         for record, qids, sel, row in zip(
             status,
@@ -146,7 +172,7 @@ def _candidate_source(cfg: JobConfig, plan, errors_dir: str) -> beam.PTransform:
         from pipeline.crawl import CrawlPageLists  # the page crawler, only for page lists
 
         return "CrawlPages" >> CrawlPageLists(plan.files, cfg.crawl_options, cfg.out, cfg.beam_args)
-    return "ReadCandidates" >> ReadCandidates(plan.units, errors_dir, cfg.beam_args)
+    return "ReadCandidates" >> ReadCandidates(plan.units, errors_dir, cfg.beam_args, cfg.out)
 
 
 def plan_page_lists(patterns: list[str]):
@@ -222,16 +248,21 @@ def build_pipeline(
         split = balanced | "SplitKept" >> beam.FlatMap(_split_kept).with_outputs(KEPT, main="rest")
         fetched = (
             split[KEPT]
-            | "ToRecords" >> beam.ParDo(_ToRecordsFn(handle, cfg.querylist, args))
+            | "ToRecords" >> beam.ParDo(_ToRecordsFn(handle, cfg.querylist, cfg.out, args))
             | "FetchAndWriteShards" >> ShardOutcomes(cfg.out, cfg.fetch_options, args)
             | "ShardRowsToTables" >> beam.Map(shard_rows_to_work)
         )
-        finals += [split.rest, fetched]
+        finals.append(split.rest)
     tallies = (
         finals
         | "AllFinal" >> beam.Flatten()
         | "WriteStatus" >> WriteStatus(handle, cfg.querylist, cfg.out, args)
     )
+    if not cfg.no_fetch:
+        fetched_tallies = fetched | "WriteFetchedStatus" >> WriteStatus(
+            handle, cfg.querylist, cfg.out, args, progress_phase=None
+        )
+        tallies = (tallies, fetched_tallies) | "AllTallies" >> beam.Flatten()
     _ = tallies | "WriteCounts" >> WriteCounts(handle, cfg.querylist, cfg.out, input_rows, args)
 
 
@@ -255,7 +286,7 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
 
 def _prepare_out(out: str) -> str:
     """Clear the previous run's status/counts (shards stay: writing them is resumable)."""
-    for sub in ("status", "counts", "pages", "_read_errors"):
+    for sub in ("status", "counts", "pages", "_read_errors", PROGRESS_DIR):
         fsio.delete_tree(fsio.join(out, sub))
     if fsio.is_local(out):  # an empty status/ still reads as an empty table in DuckDB
         for sub in ("status", "counts"):
@@ -322,12 +353,19 @@ def run_job(cfg: JobConfig) -> dict:
     if plan.units or pages:
         p = beam.Pipeline(options=options)
         build_pipeline(p, cfg, plan, errors_dir, n_buckets)
+        bars = {"read": estimated, "text": estimated}
+        if not cfg.no_fetch:
+            bars["fetch"] = None  # known once balancing has planned the shards
         try:
-            result = p.run()
-            result.wait_until_finish()
+            with QuietStderr(enabled=not cfg.verbose) as quiet:
+                with ProgressBars(cfg.out, bars, quiet.stream):
+                    result = p.run()
+                    result.wait_until_finish()
         except BaseException:
             _sweep_temporaries(cfg)  # shards written but never committed stay invisible
             raise
+        finally:
+            fsio.delete_tree(fsio.join(cfg.out, PROGRESS_DIR))
         metrics = _counters(result, "wit.status")
         units = _counters(result, "wit.units")
         counts = read_totals(cfg.out)
@@ -351,7 +389,7 @@ def run_job(cfg: JobConfig) -> dict:
         "queries": len(queries),
         "rows": counts["rows"],
         "input_rows": counts["input_rows"],
-        "totals": counts["totals"],
+        "totals": {s: counts["totals"].get(s, 0) for s in STATUSES},  # in the closed set's order
         "metrics": metrics,
         "parallelism": {
             "estimated_candidates": estimated,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import time
 from dataclasses import dataclass, field
 
 import apache_beam as beam
@@ -178,68 +177,54 @@ def record_read_error(errors_dir: str | None, path: str, message: str) -> None:
             f.write(json.dumps({"path": path, "error": message}).encode())
 
 
-PROGRESS_SECONDS = 5.0
-
-
 class _ReadUnitFn(beam.DoFn):
-    def __init__(self, errors_dir: str | None, beam_args=()):
+    def __init__(self, errors_dir: str | None, beam_args=(), out_dir: str | None = None):
         self.errors_dir = errors_dir
+        self.out_dir = out_dir
         self.beam_args = tuple(beam_args or ())
         self.rows = Metrics.counter("wit", "input_rows")
         self.broken = Metrics.counter("wit", "unreadable_files")
 
     def setup(self):
         from pipeline.fsio import ensure_options
+        from pipeline.progress import Reporter
 
         ensure_options(self.beam_args)  # inputs on s3:// or gs:// from pool-started workers
-        self._units = self._total = 0
-        self._last_report = 0.0
-
-    def _progress(self, n: int, unit: dict) -> None:
-        """One line every few seconds per worker, not one per file: a folder of HTML
-        pages can hold millions of units."""
-        self._units += 1
-        self._total += n
-        now = time.monotonic()
-        if now - self._last_report >= PROGRESS_SECONDS:
-            self._last_report = now
-            where = f" row group {unit['row_group']}" if "row_group" in unit else ""
-            where = f" bytes {unit['start']}+" if unit.get("start") else where
-            print(
-                f"wit-build: worker read {self._total:,} rows from {self._units:,} units "
-                f"so far (last: {unit['path']}{where})",
-                file=sys.stderr,
-            )
+        self.progress = Reporter(self.out_dir, "read")
 
     def process(self, unit):
         def on_error(path, message):
             self.broken.inc()
             record_read_error(self.errors_dir, path, message)
 
-        n = 0
         try:
             for table in read_unit(unit, on_error):
-                n += table.num_rows
                 self.rows.inc(table.num_rows)
+                self.progress.add(table.num_rows)
                 yield table
         except Exception as e:  # noqa: BLE001 - tabular files failing mid-read
             on_error(unit["path"], f"{type(e).__name__}: {e}")
-        self._progress(n, unit)
+
+    def finish_bundle(self):
+        self.progress.flush()
 
 
 class ReadCandidates(beam.PTransform):
     """Units -> raw candidate tables (RAW_SCHEMA), spread over the workers."""
 
-    def __init__(self, units: list[dict], errors_dir: str | None = None, beam_args=()):
+    def __init__(
+        self, units: list[dict], errors_dir: str | None = None, beam_args=(), out_dir=None
+    ):
         super().__init__()
         self.units = units
         self.errors_dir = errors_dir
         self.beam_args = tuple(beam_args or ())
+        self.out_dir = out_dir  # where progress markers go (OUT), None for none
 
     def expand(self, pbegin):
         return (
             pbegin
             | "Units" >> beam.Create(self.units, reshuffle=False)
             | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(_ReadUnitFn(self.errors_dir, self.beam_args))
+            | "Read" >> beam.ParDo(_ReadUnitFn(self.errors_dir, self.beam_args, self.out_dir))
         )

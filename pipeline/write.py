@@ -386,10 +386,24 @@ class _WriteShardFn(fsio.FsDoFn):
 
 
 class _CommitShardFn(fsio.FsDoFn):
+    def __init__(self, beam_args=(), out_dir: str | None = None):
+        super().__init__(beam_args)
+        self.out_dir = out_dir
+
+    def setup(self):
+        from pipeline.progress import Reporter
+
+        super().setup()
+        self.progress = Reporter(self.out_dir, "fetch")
+
+    def finish_bundle(self):
+        self.progress.flush()
+
     def process(self, element):
         index, rows, pending = element
         if pending:
             commit_shard(pending)
+        self.progress.add(len(rows))
         yield index, rows
 
 
@@ -441,7 +455,7 @@ class ShardOutcomes(beam.PTransform):
             | "FetchResizeWrite"
             >> beam.ParDo(_WriteShardFn(self.out_dir, self.options, self.beam_args))
             | "OnlyCommittedAttempts" >> beam.Reshuffle()
-            | "CommitShards" >> beam.ParDo(_CommitShardFn(self.beam_args))
+            | "CommitShards" >> beam.ParDo(_CommitShardFn(self.beam_args, self.out_dir))
         )
 
 

@@ -1,0 +1,192 @@
+"""What a user sees while `wit-build` runs: one progress bar per phase, and no library noise.
+
+Progress comes from the workers, wherever they run: a worker that finishes a unit of work
+publishes an empty marker ``OUT/_progress/PHASE/KEY-ROWS`` (through FileSystems, so it
+works with remote workers and object-store OUT). Its name carries the count, so the
+launcher sums a listing and reads no file; a retried bundle rewrites the same name.
+The launcher polls the listing and draws tqdm bars with a total, a rate and an ETA.
+
+Phases: ``read`` (rows read, out of the planned total: exact for parquet, estimated from
+bytes otherwise), ``text`` (rows through the text stages: given a final status, or
+selected and handed to fetching), ``fetch`` (selected rows whose shard is written, out of
+the planned selection from ``shards/_plan.json``).
+
+Beam's workers log at INFO to the stderr they inherit, and Beam warns about optional
+clients it cannot import. Unless ``--verbose``, :class:`QuietStderr` routes file
+descriptor 2 (this process's and every child's) through a filter that keeps only this
+program's own lines and real errors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+
+PROGRESS_DIR = "_progress"
+PHASES = (("read", "reading"), ("text", "text stages"), ("fetch", "fetching"))
+
+
+def record(out_dir: str, phase: str, key: str, rows: int) -> None:
+    """Publish one progress marker; never fails the job (progress is informative)."""
+    from pipeline import fsio
+
+    try:
+        fsio.publish(fsio.join(out_dir, PROGRESS_DIR, phase, f"{key}-{int(rows)}"), b"")
+    except Exception:  # noqa: BLE001 - a progress file must not cost a bundle
+        pass
+
+
+def done_rows(out_dir: str, phase: str) -> int:
+    from pipeline import fsio
+
+    total = 0
+    for path in fsio.list_files(fsio.join(out_dir, PROGRESS_DIR, phase, "*")):
+        tail = path.rsplit("-", 1)[-1]
+        if tail.isdigit():
+            total += int(tail)
+    return total
+
+
+class ProgressBars:
+    """Polls the markers in a thread and draws one tqdm bar per phase on stderr."""
+
+    def __init__(self, out_dir: str, totals: dict[str, int | None], stream, interval=None):
+        from pipeline import fsio
+
+        self.out_dir, self.totals, self.stream = out_dir, dict(totals), stream
+        self.interval = interval or (1.0 if fsio.is_local(out_dir) else 5.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.bars = {}
+
+    def __enter__(self):
+        from tqdm import tqdm
+
+        tty = getattr(self.stream, "isatty", lambda: False)()
+        for position, (phase, label) in enumerate(PHASES):
+            if phase in self.totals:
+                self.bars[phase] = tqdm(total=self.totals[phase], desc=f"{label:<11}",
+                                        unit=" rows", unit_scale=True, position=position,
+                                        file=self.stream, dynamic_ncols=True, leave=True,
+                                        mininterval=0.5 if tty else 15.0)  # fmt: skip
+        self._thread.start()
+        return self
+
+    def update(self) -> None:
+        from pipeline import fsio
+
+        if "fetch" in self.bars and self.bars["fetch"].total is None:
+            plan = fsio.join(self.out_dir, "shards", "_plan.json")
+            if fsio.exists(plan):
+                self.bars["fetch"].total = fsio.read_json(plan)["candidates"]
+        for phase, bar in self.bars.items():
+            n = done_rows(self.out_dir, phase)
+            if bar.total is not None and n > bar.total:
+                bar.total = n  # an estimate from bytes was low
+            bar.n = n
+            bar.refresh()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.update()
+            except Exception:  # noqa: BLE001 - a listing that fails now may work next time
+                pass
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        try:
+            self.update()
+        except Exception:  # noqa: BLE001
+            pass
+        for bar in self.bars.values():
+            bar.close()
+        return False
+
+
+#: Lines of Beam's and other libraries' logging (``LEVEL:logger:message``), and the gRPC
+#: and absl chatter of worker processes; tracebacks and our own lines pass.
+_NOISE = re.compile(
+    r"^(DEBUG|INFO|WARNING):[\w.]*:|^I\d{4} |^W\d{4} |^WARNING: All log messages before absl"
+)
+
+
+class QuietStderr:
+    """Route fd 2 through a filter thread that drops library log lines (children too).
+
+    Nested use is a no-op that shares the outer filter (the CLI enters it before Beam is
+    imported, run_job again around the run)."""
+
+    _active: QuietStderr | None = None
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.outer = None
+
+    def __enter__(self):
+        if QuietStderr._active is not None:
+            self.outer, self.enabled = QuietStderr._active, False
+            self.stream = self.outer.stream
+            return self
+        if not self.enabled:
+            self.stream = sys.stderr
+            return self
+        QuietStderr._active = self
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        read_fd, write_fd = os.pipe()
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        self._reader = os.fdopen(read_fd, "r", encoding="utf-8", errors="replace")
+        self.stream = os.fdopen(os.dup(self._saved), "w", encoding="utf-8", buffering=1)
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+        return self
+
+    def _pump(self) -> None:
+        for line in self._reader:
+            if not _NOISE.match(line):
+                self.stream.write(line)
+                self.stream.flush()
+
+    def __exit__(self, *exc):
+        if not self.enabled:
+            return False
+        QuietStderr._active = None
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)  # closes the pipe's last write end held by fd 2 ...
+        os.close(self._saved)
+        self._thread.join(timeout=5)  # ... unless a child still holds it
+        self.stream.flush()
+        return False
+
+
+class Reporter:
+    """A worker-side counter that publishes a marker at most every few seconds (and at the
+    end of each bundle), so millions of small units do not make millions of files."""
+
+    EVERY_SECONDS = 5.0
+
+    def __init__(self, out_dir: str | None, phase: str):
+        import time
+        import uuid
+
+        self.out_dir, self.phase = out_dir, phase
+        self._id, self._seq, self._pending = uuid.uuid4().hex[:12], 0, 0
+        self._clock = time.monotonic
+        self._last = self._clock()
+
+    def add(self, rows: int) -> None:
+        self._pending += rows
+        if self._clock() - self._last >= self.EVERY_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending and self.out_dir:
+            self._seq += 1
+            record(self.out_dir, self.phase, f"{self._id}.{self._seq}", self._pending)
+        self._pending = 0
+        self._last = self._clock()
