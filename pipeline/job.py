@@ -33,7 +33,7 @@ from apache_beam.utils import shared
 
 from pipeline import fsio, status_io
 from pipeline.balance import BalancePerQuery
-from pipeline.dedup import ROWS_PER_BUCKET, Dedup
+from pipeline.dedup import ROWS_PER_BUCKET, WORK_DIR, Dedup
 from pipeline.lid import IdentifyLanguage
 from pipeline.match import MatchQueries, WithQueries, read_querylist
 from pipeline.normalize import NormalizeCaptions
@@ -233,7 +233,7 @@ def build_pipeline(
         | "InputRows" >> beam.CombineGlobally(sum)
     )
     norm = raw | "NormalizeCaptions" >> NormalizeCaptions()
-    unique = norm.accepted | "Dedup" >> Dedup(n_buckets)
+    unique = norm.accepted | "Dedup" >> Dedup(cfg.out, n_buckets, args)
     matched = unique["unique"] | "MatchQueries" >> MatchQueries(handle, cfg.querylist, args)
     english = matched.matched | "IdentifyLanguage" >> IdentifyLanguage(cfg.lid)
     balanced = english.english | "BalancePerQuery" >> BalancePerQuery(
@@ -286,7 +286,7 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
 
 def _prepare_out(out: str) -> str:
     """Clear the previous run's status/counts (shards stay: writing them is resumable)."""
-    for sub in ("status", "counts", "pages", "_read_errors", PROGRESS_DIR):
+    for sub in ("status", "counts", "pages", "_read_errors", PROGRESS_DIR, WORK_DIR):
         fsio.delete_tree(fsio.join(out, sub))
     if fsio.is_local(out):  # an empty status/ still reads as an empty table in DuckDB
         for sub in ("status", "counts"):
@@ -365,7 +365,8 @@ def run_job(cfg: JobConfig) -> dict:
             _sweep_temporaries(cfg)  # shards written but never committed stay invisible
             raise
         finally:
-            fsio.delete_tree(fsio.join(cfg.out, PROGRESS_DIR))
+            for sub in (PROGRESS_DIR, WORK_DIR):  # progress markers, dedup's spill files
+                fsio.delete_tree(fsio.join(cfg.out, sub))
         metrics = _counters(result, "wit.status")
         units = _counters(result, "wit.units")
         counts = read_totals(cfg.out)

@@ -101,11 +101,15 @@ def uid_buckets(uids: pa.ChunkedArray | pa.Array, n_buckets: int) -> np.ndarray:
     return (uid_keys(uids, first=True) % np.uint64(n_buckets)).astype(np.int64)
 
 
-def split_by_bucket(table: pa.Table, n_buckets: int) -> list[tuple[int, pa.Table]]:
-    """(bucket, rows of that bucket) for every bucket present in ``table``."""
+def split_by_bucket(
+    table: pa.Table, n_buckets: int, buckets: np.ndarray | None = None
+) -> list[tuple[int, pa.Table]]:
+    """(bucket, rows of that bucket) for every bucket present in ``table`` (by its uids,
+    or by the given per-row ``buckets``)."""
     if table.num_rows == 0:
         return []
-    buckets = uid_buckets(table["uid"], n_buckets)
+    if buckets is None:
+        buckets = uid_buckets(table["uid"], n_buckets)
     order = np.argsort(buckets, kind="stable")
     sorted_buckets = buckets[order]
     cuts = np.flatnonzero(np.diff(sorted_buckets)) + 1

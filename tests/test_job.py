@@ -232,7 +232,7 @@ def test_dedup_winner_does_not_depend_on_arrival_order():
 
 
 @pytest.mark.parametrize("n_buckets", [1, 3])
-def test_dedup_stage_in_beam(n_buckets):
+def test_dedup_stage_in_beam(n_buckets, tmp_path):
     """Copies inside one table and across tables; the first (source, row) wins."""
     import apache_beam as beam
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
@@ -248,7 +248,7 @@ def test_dedup_stage_in_beam(n_buckets):
     first = work_table({"uid": [uid, other, uid], "source": ["b.tsv"] * 3, "row": [1, 2, 3]})
     second = work_table({"uid": [uid], "source": ["a.tsv"], "row": [7]})
     with BeamTestPipeline(runner=FnApiRunner()) as p:
-        out = p | beam.Create([first, second]) | Dedup(n_buckets)
+        out = p | beam.Create([first, second]) | Dedup(str(tmp_path), n_buckets)
         unique = out["unique"] | "u" >> beam.FlatMap(
             lambda t: zip(t["uid"].to_pylist(), t["source"].to_pylist(), strict=True)
         )
