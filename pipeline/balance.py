@@ -287,22 +287,45 @@ class _WithKeys(WithQueries):
         self.qkeys = getattr(self.q, attr)
 
 
+SPILL_DIR = "_work"
+
+
 class _StatsFn(_WithKeys):
-    def __init__(self, handle, querylist, seed, mode, cap, n_buckets, beam_args=()):
+    """Partial per-query numbers of a table; with ``out_dir``, the table itself is spilled
+    to a file and only its name goes on, so the runner does not hold every candidate
+    while the combiner finishes (Select waits for its side input)."""
+
+    def __init__(self, handle, querylist, seed, mode, cap, n_buckets, beam_args=(),
+                 out_dir=None):  # fmt: skip
         super().__init__(handle, querylist, seed, beam_args)
-        self.mode, self.cap, self.n_buckets = mode, cap, n_buckets
+        self.mode, self.cap, self.n_buckets, self.out_dir = mode, cap, n_buckets, out_dir
 
     def process(self, table):
-        yield from table_stats(table, self.qkeys, self.mode, self.cap, self.n_buckets)
+        for part in table_stats(table, self.qkeys, self.mode, self.cap, self.n_buckets):
+            yield beam.pvalue.TaggedOutput("stats", part)
+        if self.out_dir is None:
+            yield table
+            return
+        from pipeline import fsio
+
+        # uids are unique after dedup, so the first uid and the size name the table
+        name = f"sel-{table['uid'][0].as_py()[-32:]}-{table.num_rows}.parquet"
+        fsio.publish(fsio.join(self.out_dir, SPILL_DIR, name), fsio.parquet_bytes(table))
+        yield name
 
 
 class _SelectFn(_WithKeys):
-    def __init__(self, handle, querylist, seed, mode, cap, beam_args=()):
+    def __init__(self, handle, querylist, seed, mode, cap, beam_args=(), out_dir=None):
         super().__init__(handle, querylist, seed, beam_args)
-        self.mode, self.cap = mode, cap
+        self.mode, self.cap, self.out_dir = mode, cap, out_dir
         self.elements = Metrics.distribution("wit.units", "select_rows")
 
     def process(self, table, stats):
+        if isinstance(table, str):  # a spilled table's name
+            from pipeline import fsio
+
+            table = fsio.read_parquet(fsio.join(self.out_dir, SPILL_DIR, table))
+            table = table.cast(WORK_SCHEMA)
         self.elements.update(table.num_rows)
         yield select_candidates(table, self.qkeys, stats, self.mode, self.cap)
 
@@ -319,11 +342,14 @@ class BalancePerQuery(beam.PTransform):
     """Candidate tables in, the same tables with status kept/not_selected and ``sel`` out.
 
     ``n_buckets`` (query buckets of the stats combiner) grows with the input, so no
-    constant bounds the combine's parallelism.
+    constant bounds the combine's parallelism. With ``out_dir`` the candidate tables wait
+    for the per-query numbers in spill files under ``OUT/_work``, not in the runner.
     """
 
-    def __init__(self, handle, querylist, mode, cap, seed, n_buckets=1, beam_args=()):
+    def __init__(self, handle, querylist, mode, cap, seed, n_buckets=1, beam_args=(),
+                 out_dir=None):  # fmt: skip
         super().__init__()
+        self.out_dir = out_dir
         if mode not in MODES:
             raise ValueError(f"unknown --balance mode {mode!r}")
         self.handle, self.querylist, self.beam_args = handle, querylist, tuple(beam_args)
@@ -331,17 +357,17 @@ class BalancePerQuery(beam.PTransform):
 
     def expand(self, matched):
         args = (self.handle, self.querylist, self.seed)
+        split = matched | "PairStats" >> beam.ParDo(
+            _StatsFn(*args, self.mode, self.cap, self.n_buckets, self.beam_args, self.out_dir)
+        ).with_outputs("stats", main="tables")
         stats = (
-            matched
-            | "PairStats"
-            >> beam.ParDo(
-                _StatsFn(*args, self.mode, self.cap, self.n_buckets, self.beam_args)
-            )  # fmt: skip
+            split.stats
             | "PerQueryBucket" >> beam.CombinePerKey(QueryStatsFn(self.mode, self.cap))
             | "Values" >> beam.Map(_count_stats_bucket)
             | "AllBuckets" >> beam.combiners.ToList()
             | "Dense" >> beam.Map(dense_stats)
         )
-        return matched | "Select" >> beam.ParDo(
-            _SelectFn(*args, self.mode, self.cap, self.beam_args), beam.pvalue.AsSingleton(stats)
+        return split.tables | "Select" >> beam.ParDo(
+            _SelectFn(*args, self.mode, self.cap, self.beam_args, self.out_dir),
+            beam.pvalue.AsSingleton(stats),
         )

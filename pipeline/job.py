@@ -237,7 +237,14 @@ def build_pipeline(
     matched = unique["unique"] | "MatchQueries" >> MatchQueries(handle, cfg.querylist, args)
     english = matched.matched | "IdentifyLanguage" >> IdentifyLanguage(cfg.lid)
     balanced = english.english | "BalancePerQuery" >> BalancePerQuery(
-        handle, cfg.querylist, cfg.balance, cfg.per_query_cap, cfg.seed, n_buckets, args
+        handle,
+        cfg.querylist,
+        cfg.balance,
+        cfg.per_query_cap,
+        cfg.seed,
+        n_buckets,
+        args,
+        out_dir=cfg.out,
     )
     finals = [norm[FINAL], unique[FINAL], matched[FINAL], english[FINAL]]
     if cfg.no_fetch:
