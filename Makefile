@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo test test-fast bench lint format clean
+.PHONY: install demo test test-fast bench bench-large lint format clean
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+# 20M candidates, text stages only (~20+ minutes here); not part of `make bench` or CI.
+bench-large: $(STAMP)
+	$(BIN)/python bench/bench_scale_out.py --only new --sizes 20000000 \
+		--plot docs/img/scale_out_rss.png
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

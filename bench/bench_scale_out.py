@@ -12,6 +12,11 @@ wordfreq's most frequent words as queries. Reported per run:
 
     .venv/bin/python bench/bench_scale_out.py [--sizes 1000000 4000000] [--queries 361000]
         [--repeats 1] [--anchor REV] [--only new|anchor]
+        [--results bench/results/scale_out.jsonl] [--plot docs/img/scale_out_rss.png]
+
+Every run is appended to ``--results`` (JSON lines), and ``--plot`` draws peak tree RSS
+against input size for every run recorded there, before (anchor) and after (new): the
+20M run of `make bench-large` joins the 1M/4M runs on one plot.
 """
 
 from __future__ import annotations
@@ -85,6 +90,8 @@ def main() -> None:
     ap.add_argument("--anchor", default="462672b")
     ap.add_argument("--only", choices=["new", "anchor"], default=None)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "scale_out.jsonl"))
+    ap.add_argument("--plot", default=None, help="PNG of peak RSS against input size")
     args = ap.parse_args()
     from bench_match import bench_queries
 
@@ -115,6 +122,10 @@ def main() -> None:
                 r["kept"] = manifest["totals"]["kept"]
                 r["load"] = os.getloadavg()[0]
                 results.setdefault((name, n), []).append(r)
+                record = {"run": name, "candidates": n, **r, "time": time.time()}
+                pathlib.Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+                with open(args.results, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
                 print(f"{name} {n:,} rep {rep}: {r['seconds']:.1f} s, tree "
                       f"{r['tree'] / 2**30:.2f} GiB", file=sys.stderr, flush=True)  # fmt: skip
     print(f"queries={args.queries:,} captions={len(captions):,} anchor={args.anchor} "
@@ -133,6 +144,37 @@ def main() -> None:
             old = statistics.median(r["seconds"] for r in results[("anchor", n)])
             kept_equal = results[("new", n)][0]["kept"] == results[("anchor", n)][0]["kept"]
             print(f"{n:,}: new/anchor throughput {old / new:.2f}x; kept equal: {kept_equal}")
+
+    if args.plot:
+        plot(args.results, args.plot)
+
+
+def plot(results_path: str, png: str) -> None:
+    """Peak RSS of the whole process tree against candidates, one line per code version."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [json.loads(line) for line in open(results_path, encoding="utf-8") if line.strip()]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, label in (("anchor", "before (16 buckets, wide shuffles)"),
+                        ("new", "after (narrow keys, spill files)")):  # fmt: skip
+        by_n: dict[int, list[float]] = {}
+        for r in runs:
+            if r["run"] == name:
+                by_n.setdefault(r["candidates"], []).append(r["tree"] / 2**30)
+        if by_n:
+            xs = sorted(by_n)
+            ax.plot([x / 1e6 for x in xs], [statistics.median(by_n[x]) for x in xs], "o-",
+                    label=label)  # fmt: skip
+    ax.axhline(8, color="grey", linestyle="--", linewidth=1, label="8 GiB goal")
+    ax.set_xlabel("candidates (millions)")
+    ax.set_ylabel("peak RSS, whole process tree (GiB)")
+    ax.set_title("wit-build --no-fetch on 2 cores")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
 
 
 if __name__ == "__main__":
