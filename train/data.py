@@ -9,10 +9,13 @@ function of (seed, epoch, rank, worker) or of (seed, epoch, sample key):
 - the sample shuffle buffer: `Random(seed, epoch, rank, worker)`;
 - the random resized crop of a sample: torch seeded from (seed, epoch, key).
 
-So replaying an epoch and dropping the batches that were already consumed gives the
+So replaying an epoch and dropping the samples that were already consumed gives the
 same batches as an uninterrupted run. `ResumableLoader` does the bookkeeping: it hands
 out batches in a fixed round-robin order over workers (independent of process timing)
-and its `state_dict()` says how far each worker got.
+and its `state_dict()` says how far each worker got, in batches and in raw samples drawn
+from its shuffled stream. A resume drops that many raw samples without decoding them
+(the tar reader and the shuffle buffer still run, so the stream is the same), instead of
+decoding every JPEG of the epoch so far.
 """
 
 from __future__ import annotations
@@ -37,37 +40,155 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 MAX_REASONS = 20
 
 
-def expand_shards(pattern: str | list[str]) -> list[str]:
-    """Shard paths from a brace pattern, a glob, `::`-separated parts or a list.
+#: Schemes webdataset opens itself (pipe: runs a command; http(s) uses curl).
+WDS_SCHEMES = ("pipe", "http", "https")
 
-    Raises ValueError with a one-line reason when nothing matches.
+
+def scheme_of(url: str) -> str:
+    if url.startswith("pipe:"):
+        return "pipe"
+    head, sep, _ = url.partition("://")
+    return head.lower() if sep else ""
+
+
+def _fs(url: str):
+    """(fsspec filesystem, path) of a remote URL, or a one-line ValueError."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        scheme = scheme_of(url)
+        hint = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
+        extra = f" (pip install {hint[scheme]}, or use pipe:)" if scheme in hint else ""
+        raise ValueError(f"cannot read {url}: {one_line(exc)}{extra}") from None
+
+
+def _fsspec_gopen(url, mode="rb", bufsize=8192, **kw):
+    fs, path = _fs(url)
+    return fs.open(path, mode)
+
+
+def register_fsspec_schemes() -> None:
+    """Let webdataset open object-store shards (s3://, gs://, ...) through fsspec, as
+    open_clip users expect; pipe: and http(s) stay webdataset's own."""
+    import importlib
+
+    import fsspec
+
+    gopen = importlib.import_module("webdataset.gopen")
+    for scheme in fsspec.available_protocols():
+        if scheme not in WDS_SCHEMES and scheme not in ("file", "local"):
+            gopen.gopen_schemes[scheme] = _fsspec_gopen
+
+
+register_fsspec_schemes()
+
+
+def _read_text(url: str) -> str | None:
+    """A small file (sizes.json) from a local path or any fsspec URL; None when absent."""
+    try:
+        if scheme_of(url) in ("", "file"):
+            with open(url.removeprefix("file://"), encoding="utf-8") as f:
+                return f.read()
+        fs, path = _fs(url)
+        if not fs.exists(path):
+            return None
+        with fs.open(path, "rb") as f:
+            return f.read().decode("utf-8")
+    except (OSError, ValueError):
+        return None
+
+
+def _folder(url: str) -> str:
+    if scheme_of(url) in ("", "file"):
+        return os.path.dirname(os.path.abspath(url.removeprefix("file://")))
+    return url.rsplit("/", 1)[0]
+
+
+def _sizes_tables(folder: str, cache: dict) -> list[dict]:
+    """The sizes.json beside a shard folder and one folder up (wit-build writes both)."""
+    tables = []
+    parent = folder.rsplit("/", 1)[0] if "/" in folder else folder
+    for cand in (f"{folder}/sizes.json", f"{parent}/sizes.json"):
+        if cand not in cache:
+            text = _read_text(cand)
+            try:
+                cache[cand] = json.loads(text) if text else None
+            except ValueError:
+                cache[cand] = None
+        if cache[cand] is not None:
+            tables.append(cache[cand])
+    return tables
+
+
+def expand_shards(pattern: str | list[str]) -> list[str]:
+    """Shard paths or URLs from a brace pattern, a glob, `::`-separated parts or a list.
+
+    Local paths, any fsspec URL (``s3://``, ``gs://``, ...; globs too) and webdataset's own
+    ``pipe:`` and ``http(s)://`` URLs. Where a wit-build ``sizes.json`` sits beside the
+    shards, it is trusted: globbed shards it does not list (an earlier, larger run's) are
+    skipped with a notice. Raises ValueError with a one-line reason when nothing matches.
     """
     parts = pattern if isinstance(pattern, list) else [pattern]
     found: list[str] = []
+    globbed: set[str] = set()
     for part in parts:
         for url in wds.shardlists.expand_urls(part):
-            if any(c in url for c in "*?["):
-                found.extend(sorted(glob.glob(url)))
-            elif os.path.exists(url):
+            scheme = scheme_of(url)
+            if scheme in WDS_SCHEMES:
+                found.append(url)
+            elif scheme not in ("", "file"):
+                fs, path = _fs(url)
+                if any(c in path for c in "*?["):
+                    matches = [fs.unstrip_protocol(p) for p in sorted(fs.glob(path))]
+                    found.extend(matches)
+                    globbed.update(matches)
+                elif fs.exists(path):
+                    found.append(url)
+                else:
+                    raise ValueError(f"shard not found: {url}")
+            elif any(c in url for c in "*?["):
+                matches = sorted(glob.glob(url.removeprefix("file://")))
+                found.extend(matches)
+                globbed.update(matches)
+            elif os.path.exists(url.removeprefix("file://")):
                 found.append(url)
             else:
                 raise ValueError(f"shard not found: {url}")
+    found = list(dict.fromkeys(found))
+    cache: dict = {}
+    stale = []
+    for shard in found:
+        if shard in globbed:
+            tables = _sizes_tables(_folder(shard), cache)
+            if tables and not any(shard.rsplit("/", 1)[-1] in t for t in tables):
+                stale.append(shard)
+    if stale:
+        print(f"wit-train: skipping {len(stale)} shard(s) that sizes.json does not list "
+              f"(left by an earlier run?): {', '.join(s.rsplit('/', 1)[-1] for s in stale[:5])}")  # fmt: skip
+        found = [s for s in found if s not in stale]
     if not found:
         raise ValueError(f"no shards match {pattern!r}")
-    return list(dict.fromkeys(found))
+    return found
 
 
 def count_tar_samples(path: str) -> int:
     """Samples in one tar (distinct keys that have an image), for shards missing in sizes.json."""
     keys = set()
     try:
-        with tarfile.open(path) as tar:
+        stream = wds.gopen(path) if scheme_of(path) not in ("", "file") else None
+        with (
+            tarfile.open(path, fileobj=stream, mode="r|*")
+            if stream
+            else tarfile.open(path.removeprefix("file://")) as tar
+        ):
             for member in tar:
                 if member.isreg() and "." in os.path.basename(member.name):
                     key, ext = os.path.basename(member.name).split(".", 1)
                     if ext.lower() in IMAGE_EXTS:
                         keys.add(key)
-    except (OSError, EOFError, tarfile.TarError) as exc:
+    except (OSError, EOFError, tarfile.TarError, ValueError) as exc:
         # A damaged shard counts what it holds before the damage; the loader skips the rest.
         print(f"wit-train: shard {path} is damaged ({one_line(exc)}); counted {len(keys)} samples")
     return len(keys)
@@ -80,28 +201,19 @@ def one_line(exc: BaseException) -> str:
 
 
 def shard_sizes(shards: list[str]) -> dict[str, int]:
-    """Sample count per shard path, from sizes.json (next to the shards or one folder up).
+    """Sample count per shard, from sizes.json (next to the shards or one folder up), read
+    locally or through fsspec like the shards themselves.
 
     wit-build writes OUT/sizes.json beside OUT/shards/; open_clip looks in the shard
     folder. Shards that no sizes.json lists are counted by reading the tar.
     """
     sizes: dict[str, int] = {}
-    tables: dict[str, dict] = {}
+    cache: dict = {}
     for shard in shards:
-        folder = os.path.dirname(os.path.abspath(shard))
-        name = os.path.basename(shard)
-        for cand in (os.path.join(folder, "sizes.json"), os.path.join(folder, "..", "sizes.json")):
-            if cand not in tables:
-                try:
-                    with open(cand) as f:
-                        tables[cand] = json.load(f)
-                except (OSError, ValueError):
-                    tables[cand] = {}
-            if name in tables[cand]:
-                sizes[shard] = int(tables[cand][name])
-                break
-        else:
-            sizes[shard] = count_tar_samples(shard)
+        name = shard.rsplit("/", 1)[-1]
+        tables = [] if scheme_of(shard) == "pipe" else _sizes_tables(_folder(shard), cache)
+        listed = [t[name] for t in tables if name in t]
+        sizes[shard] = int(listed[0]) if listed else count_tar_samples(shard)
     return sizes
 
 
@@ -206,10 +318,16 @@ class ShardBatches(IterableDataset):
         self.samples_per_epoch = samples_per_epoch
         self.epoch = 0
         self.skip: list[int] = []
+        self.skip_samples: list[int] | None = None
 
-    def set_epoch(self, epoch: int, skip: list[int] | None = None) -> None:
+    def set_epoch(
+        self, epoch: int, skip: list[int] | None = None, skip_samples: list[int] | None = None
+    ) -> None:
+        """`skip`: batches each worker has handed out this epoch; `skip_samples`: the raw
+        samples its stream had yielded by then (None: unknown, so skip by decoding)."""
         self.epoch = epoch
         self.skip = list(skip or [])
+        self.skip_samples = list(skip_samples) if skip_samples is not None else None
 
     def worker_shards(self, worker: int, num_workers: int) -> Iterator[str]:
         if self.samples_per_epoch is not None:
@@ -231,6 +349,9 @@ class ShardBatches(IterableDataset):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         skip = self.skip[worker] if worker < len(self.skip) else 0
+        raw_skip = 0
+        if self.skip_samples is not None and worker < len(self.skip_samples):
+            raw_skip = self.skip_samples[worker]
         quota = self.worker_quota(worker, num_workers)
         bad = BadSamples()
         raw = wds.tarfile_samples(
@@ -239,12 +360,19 @@ class ShardBatches(IterableDataset):
         if self.shuffle_buffer > 1:
             rng = random.Random(seed_of(self.seed, self.epoch, self.rank, worker, "buffer"))
             raw = wds.shuffle(self.shuffle_buffer, self.shuffle_initial, rng=rng)(raw)
-        produced = 0
+        produced = drawn = 0
+        if raw_skip:
+            # The consumed batches end exactly at sample `raw_skip` of this stream; the
+            # samples before it are passed over undecoded (unusable ones included).
+            for _ in zip(range(raw_skip), raw, strict=False):
+                drawn += 1
+            produced, skip = skip, 0
         pending: list[tuple[str, Image.Image, str]] = []
         started = time.perf_counter()
         for sample in raw:
             if quota is not None and produced >= quota:
                 break
+            drawn += 1
             decoded = decode_sample(sample)
             if isinstance(decoded, str):
                 bad.add(decoded)
@@ -259,7 +387,12 @@ class ShardBatches(IterableDataset):
                 started = time.perf_counter()
                 continue
             out = self.collate(batch)
-            out.update(worker=worker, bad=bad.take(), produce_s=time.perf_counter() - started)
+            out.update(
+                worker=worker,
+                bad=bad.take(),
+                produce_s=time.perf_counter() - started,
+                drawn=drawn,
+            )
             yield out
             started = time.perf_counter()
         yield {"worker": worker, "end": True, "bad": bad.take()}
@@ -303,6 +436,7 @@ class ResumableLoader:
 
     def reset_epoch_state(self) -> None:
         self.consumed = [0] * self.slots
+        self.drawn: list[int] | None = [0] * self.slots  # raw samples behind `consumed`
         self.done = [False] * self.slots
         self.next_worker = 0
         self.buffers: dict[int, collections.deque] = collections.defaultdict(collections.deque)
@@ -311,6 +445,7 @@ class ResumableLoader:
         return {
             "epoch": self.epoch,
             "consumed": list(self.consumed),
+            "samples": list(self.drawn) if self.drawn is not None else None,
             "done": [int(d) for d in self.done],
             "next_worker": self.next_worker,
             "workers": self.slots,
@@ -323,6 +458,8 @@ class ResumableLoader:
         self.reset_epoch_state()
         if int(state["workers"]) == self.slots:
             self.consumed = [int(c) for c in state["consumed"]]
+            samples = state.get("samples")  # absent in checkpoints from older versions
+            self.drawn = [int(n) for n in samples] if samples is not None else None
             self.done = [bool(d) for d in state["done"]]
             self.next_worker = int(state["next_worker"])
         else:
@@ -335,7 +472,7 @@ class ResumableLoader:
         self.iterator = None
 
     def start_epoch(self) -> None:
-        self.dataset.set_epoch(self.epoch, skip=self.consumed)
+        self.dataset.set_epoch(self.epoch, skip=self.consumed, skip_samples=self.drawn)
         loader = DataLoader(
             self.dataset,
             batch_size=None,
@@ -391,6 +528,8 @@ class ResumableLoader:
                 self.done[w] = True
                 continue
             self.consumed[w] += 1
+            if self.drawn is not None:
+                self.drawn[w] = int(item["drawn"])
             return item
 
 
