@@ -54,16 +54,20 @@ class Plan:
 
 
 def expand_pattern(pattern: str) -> list[str]:
-    """Files named by a glob; a folder stands for the HTML files under it."""
-    import os
-
-    if os.path.isdir(pattern):
-        found = []
-        for root, _dirs, names in os.walk(pattern):
-            found += [os.path.join(root, n) for n in names if n.lower().endswith((".html", ".htm"))]
-        return sorted(found)
+    """Files named by a glob; a folder (a local directory, or any URI ending in "/")
+    stands for the HTML files under it. Listing goes through FileSystems."""
+    if pattern.endswith("/") or _is_local_dir(pattern):
+        found = FileSystems.match([pattern.rstrip("/") + "/**"])[0].metadata_list
+        return sorted(m.path for m in found if m.path.lower().endswith((".html", ".htm")))
     result = FileSystems.match([pattern])[0]
     return sorted(m.path for m in result.metadata_list)
+
+
+def _is_local_dir(path: str) -> bool:
+    """Local-only: is this plain path a directory (object stores have no folders)."""
+    import os
+
+    return "://" not in path and os.path.isdir(path)
 
 
 def same_file_key(path: str) -> str:
