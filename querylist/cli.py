@@ -1,4 +1,5 @@
-"""`wit-querylist build`: merge the offline sources into the query list."""
+"""`wit-querylist count` (counts from a Wikipedia dump) and `wit-querylist build` (merge the
+sources into the query list)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ import os
 import sys
 
 from . import bigrams, build, titles, unigrams, wordnet
+from .count import (
+    DEFAULT_BIGRAM_FLOOR,
+    DEFAULT_CHUNK_MB,
+    DEFAULT_SPILL_KEYS,
+    DEFAULT_UNIGRAM_FLOOR,
+)
 from .source import QueryListError
 
 
@@ -32,9 +39,89 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _add_count_options(c: argparse.ArgumentParser) -> None:
+    """The options of `count` that `build --wikipedia` shares."""
+    c.add_argument(
+        "--workers",
+        type=_positive,
+        default=os.cpu_count() or 1,
+        help="worker processes (default: the number of cores, %(default)s)",
+    )
+    c.add_argument(
+        "--unigram-floor",
+        type=_positive,
+        default=DEFAULT_UNIGRAM_FLOOR,
+        help="write words seen at least this often (default %(default)s: all, so that the "
+        "counts sum to the corpus size PMI needs)",
+    )
+    c.add_argument(
+        "--bigram-floor",
+        type=_positive,
+        default=DEFAULT_BIGRAM_FLOOR,
+        help="write word pairs seen at least this often (default %(default)s)",
+    )
+    c.add_argument(
+        "--spill-keys",
+        type=_positive,
+        default=DEFAULT_SPILL_KEYS,
+        help="distinct words+pairs+titles a worker holds before writing them to disk "
+        "(default %(default)s, about 0.2 GB per worker)",
+    )
+    c.add_argument(
+        "--partitions",
+        type=_positive,
+        default=None,
+        help="parts the counts are split into for the final sum; its memory is the "
+        "vocabulary / parts (default: one per 128 MB of dump, 4 to 1024)",
+    )
+    c.add_argument(
+        "--chunk-mb",
+        type=_positive_float,
+        default=DEFAULT_CHUNK_MB,
+        help="MB per work unit: of bzip2 streams in a multistream dump, of XML otherwise "
+        "(default %(default)s)",
+    )
+    c.add_argument(
+        "--tmp",
+        default=None,
+        metavar="DIR",
+        help="where the spilled counts go: a fresh .count-tmp-* folder inside DIR (default: "
+        "inside OUT), removed at the end; a full English dump needs ~10 GB there",
+    )
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wit-querylist", description="Build CLIP's query list.")
     sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser(
+        "count",
+        help="count words, word pairs and article titles in Wikipedia dumps",
+        description="Stream MediaWiki XML dumps (pages-articles*.xml[.bz2]) and write "
+        "DIR/unigrams.tsv.gz, DIR/bigrams.tsv.gz, DIR/titles.tsv.gz and DIR/count.json, "
+        "the inputs of `build`. Only articles count (namespace 0, no redirects); words are "
+        "cut by the matcher's rules. See docs/querylist.md.",
+    )
+    c.add_argument(
+        "--wikipedia",
+        nargs="+",
+        required=True,
+        metavar="DUMP",
+        help="pages-articles XML dump(s): .xml.bz2 (multistream is read in parallel), "
+        ".xml.gz or .xml",
+    )
+    c.add_argument("--out", required=True, help="output folder")
+    _add_count_options(c)
     b = sub.add_parser(
         "build",
         help="build querylist.parquet/.txt/.json",
@@ -98,6 +185,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=list(titles.DEFAULT_PROJECTS),
         help="page-view project codes to keep (default: en)",
     )
+    b.add_argument(
+        "--titles",
+        default=None,
+        help="article titles ('title<TAB>id' lines, titles.tsv.gz of `count`): with "
+        "--pageviews only these titles count, ':' allowed; without, --min-views 0 keeps all",
+    )
+    b.add_argument(
+        "--counts",
+        default=None,
+        metavar="DIR",
+        help="output folder of `wit-querylist count`: sets --unigrams, --bigrams, "
+        "--bigram-unigrams and --titles to its files (flags given explicitly win)",
+    )
+    b.add_argument(
+        "--wikipedia",
+        nargs="+",
+        default=None,
+        metavar="DUMP",
+        help="run `count` on these dumps into OUT/counts first (reused when OUT/counts/"
+        "count.json records the same dumps and floors), then build as with --counts",
+    )
+    _add_count_options(b)
     return p
 
 
@@ -112,15 +221,20 @@ def _loaders(args: argparse.Namespace) -> dict:
             bigrams.load, args.bigrams, bigram_unigrams, args.bigram_budget, args.min_bigram_count
         ),
         "titles": functools.partial(
-            titles.load, args.pageviews, args.min_views, tuple(args.projects)
+            titles.load, args.pageviews, args.min_views, tuple(args.projects), args.titles
         ),
         "wordnet": functools.partial(wordnet.load, args.wordnet),
     }
 
 
+def _check_out(out: str) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise QueryListError(f"--out {out} exists and is not a folder")
+
+
 def _check_inputs(args: argparse.Namespace) -> None:
     """Fail early, in one line, on a named input that is not there."""
-    named = [args.unigrams, args.bigrams, args.bigram_unigrams, *args.pageviews]
+    named = [args.unigrams, args.bigrams, args.bigram_unigrams, args.titles, *args.pageviews]
     for path in filter(None, named):
         if not os.path.isfile(path):
             raise QueryListError(f"no such file: {path}")
@@ -130,8 +244,75 @@ def _check_inputs(args: argparse.Namespace) -> None:
         )
     if args.wordnet and not os.path.isdir(args.wordnet):
         raise QueryListError(f"--wordnet {args.wordnet}: no such folder")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise QueryListError(f"--out {args.out} exists and is not a folder")
+    _check_out(args.out)
+
+
+def _count_config(args: argparse.Namespace, dumps: list[str], out: str):
+    from .count import CountConfig
+
+    for path in dumps:
+        if not os.path.isfile(path):
+            raise QueryListError(f"no such file: {path}")
+    return CountConfig(
+        dumps=list(dumps),
+        out=out,
+        workers=args.workers,
+        unigram_floor=args.unigram_floor,
+        bigram_floor=args.bigram_floor,
+        spill_keys=args.spill_keys,
+        partitions=args.partitions,
+        chunk_mb=args.chunk_mb,
+        tmp=args.tmp,
+        progress=not args.no_progress,
+    )
+
+
+def _run_count(cfg, log) -> dict:
+    from . import count
+
+    _check_out(cfg.out)
+    summary = count.count(cfg)
+    for line in count.summary_lines(summary):
+        log(line)
+    return summary
+
+
+def _counts_for_build(args: argparse.Namespace, log) -> None:
+    """`build --wikipedia`: count into OUT/counts unless a finished count of the same
+    dumps with the same floors is already there."""
+    from . import count
+
+    if args.counts:
+        raise QueryListError("pass either --wikipedia or --counts, not both")
+    _check_out(args.out)
+    cfg = _count_config(args, args.wikipedia, os.path.join(args.out, "counts"))
+    done = count.read_summary(cfg.out)
+    if done and count.same_inputs(done, cfg):
+        log(f"reusing the counts in {cfg.out} (count.json records the same dumps and floors)")
+    else:
+        _run_count(cfg, log)
+    args.counts = cfg.out
+
+
+def _apply_counts(args: argparse.Namespace) -> None:
+    """--counts DIR: its files fill --unigrams/--bigrams/--bigram-unigrams/--titles."""
+    if not args.counts:
+        return
+    from .count import OUTPUTS
+
+    if not os.path.isdir(args.counts):
+        raise QueryListError(f"--counts {args.counts}: no such folder")
+    paths = {kind: os.path.join(args.counts, name) for kind, name in OUTPUTS.items()}
+    for kind, path in paths.items():
+        if not os.path.isfile(path):
+            raise QueryListError(
+                f"--counts {args.counts} has no {OUTPUTS[kind]} (make it with wit-querylist count)"
+            )
+    if not args.bigrams:
+        args.bigrams = paths["bigrams"]
+        args.bigram_unigrams = args.bigram_unigrams or paths["unigrams"]
+    args.unigrams = args.unigrams or paths["unigrams"]
+    args.titles = args.titles or paths["titles"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,11 +322,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wit-querylist: {message}", file=sys.stderr, flush=True)
 
     try:
+        if args.command == "count":
+            _run_count(_count_config(args, args.wikipedia, args.out), log)
+            return 0
+        if args.wikipedia:
+            _counts_for_build(args, log)
+        _apply_counts(args)
         _check_inputs(args)
         report = build.build(_loaders(args), args.out, args.max_entries, log=log)
     except QueryListError as e:
         print(f"wit-querylist: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("wit-querylist: interrupted", file=sys.stderr)
+        return 130
     print(build.summary_table(report))
     if not report["total"]:
         print("wit-querylist: error: no source gave any entry; nothing written", file=sys.stderr)
