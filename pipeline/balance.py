@@ -172,21 +172,42 @@ class QueryStats:
         return stats.q[pick], stats.h[pick], stats.hi[pick]
 
 
-def table_stats(table: pa.Table, qkeys: np.ndarray, mode: str, cap: int, n_buckets: int):
-    """(query bucket, QueryStats) partials of one candidate table, for the combiner."""
-    q, h, hi, _ = candidate_pairs(table, qkeys)
+def _by_bucket(q: np.ndarray, n_buckets: int, make) -> list:
+    buckets = q % n_buckets
+    return [(int(b), make(buckets == b)) for b in np.unique(buckets).tolist()]
+
+
+def table_counts(table: pa.Table, n_buckets: int) -> list[tuple[int, QueryStats]]:
+    """Pass 1 partials: (query bucket, match counts) of one table; no hashes needed."""
+    qids = table["qids"].combine_chunks()
+    q = pc.list_flatten(qids).to_numpy(zero_copy_only=False).astype(np.int64)
     if len(q) == 0:
         return []
-    buckets = q % n_buckets
-    out = []
-    for b in np.unique(buckets).tolist():
-        m = buckets == b
+
+    def make(m):
         uq, counts = np.unique(q[m], return_counts=True)
-        part = QueryStats(uq, counts.astype(np.int64))
-        if mode == "exact":
-            part = QueryStats(uq, counts.astype(np.int64), q[m], h[m], hi[m]).compact(cap)
-        out.append((int(b), part))
-    return out
+        return QueryStats(uq, counts.astype(np.int64))
+
+    return _by_bucket(q, n_buckets, make)
+
+
+def table_heavy_pairs(
+    table: pa.Table, qkeys: np.ndarray, counts: np.ndarray, cap: int, n_buckets: int
+) -> list[tuple[int, QueryStats]]:
+    """Pass 2 partials (``exact``): the pairs of queries with more than t matches in all,
+    each query's t smallest only. A query under the cap needs no threshold, so its pairs
+    never cross the shuffle."""
+    q, h, hi, _ = candidate_pairs(table, qkeys)
+    heavy = counts[q] > cap if len(q) else np.zeros(0, bool)
+    if not heavy.any():
+        return []
+    q, h, hi = q[heavy], h[heavy], hi[heavy]
+
+    def make(m):
+        uq, n = np.unique(q[m], return_counts=True)
+        return QueryStats(uq, n.astype(np.int64), q[m], h[m], hi[m]).compact(cap)
+
+    return _by_bucket(q, n_buckets, make)
 
 
 class QueryStatsFn(beam.CombineFn):
@@ -218,17 +239,24 @@ class QueryStatsFn(beam.CombineFn):
         return stats.cq, stats.cn, tq, th, thi
 
 
-def dense_stats(parts) -> dict[str, np.ndarray]:
-    """The per-query numbers as compact arrays indexed by query id (the side input)."""
+def dense_counts(parts) -> np.ndarray:
+    """Pass 1 result: match count per query id, one compact array (the side input)."""
     n_queries = max((int(cq.max()) + 1 for cq, *_ in parts if len(cq)), default=0)
     counts = np.zeros(n_queries, np.int64)
-    thr_h = np.full(n_queries, _MAX, np.uint64)
-    thr_hi = np.full(n_queries, _MAX, np.uint64)
-    for cq, cn, tq, th, thi in parts:
+    for cq, cn, *_ in parts:
         counts[cq] += cn
+    return counts
+
+
+def dense_thresholds(parts, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Pass 2 result: per query id, the t-th smallest (hash, hi); the maximum (select all)
+    for queries at or under the cap."""
+    thr_h = np.full(len(counts), _MAX, np.uint64)
+    thr_hi = np.full(len(counts), _MAX, np.uint64)
+    for _cq, _cn, tq, th, thi in parts:
         if tq is not None and len(tq):
             thr_h[tq], thr_hi[tq] = th, thi
-    return {"counts": counts, "thr_h": thr_h, "thr_hi": thr_hi}
+    return {"thr_h": thr_h, "thr_hi": thr_hi}
 
 
 def select_candidates(
@@ -244,7 +272,7 @@ def select_candidates(
         raise ValueError(f"unknown --balance mode {mode!r}")
     n = table.num_rows
     q, h, hi, parents = candidate_pairs(table, qkeys)
-    counts = stats["counts"][q]
+    counts = stats["counts"][q] if len(q) else np.zeros(0, np.int64)
     if mode == "exact":
         th, thi = stats["thr_h"][q], stats["thr_hi"][q]
         chosen = (counts <= cap) | (h < th) | ((h == th) & (hi <= thi))
@@ -290,19 +318,31 @@ class _WithKeys(WithQueries):
 SPILL_DIR = "_work"
 
 
-class _StatsFn(_WithKeys):
-    """Partial per-query numbers of a table; with ``out_dir``, the table itself is spilled
-    to a file and only its name goes on, so the runner does not hold every candidate
-    while the combiner finishes (Select waits for its side input)."""
+def _read_spilled(out_dir, table):
+    """A table, or a spilled table's name read back."""
+    if not isinstance(table, str):
+        return table
+    from pipeline import fsio
 
-    def __init__(self, handle, querylist, seed, mode, cap, n_buckets, beam_args=(),
-                 out_dir=None):  # fmt: skip
-        super().__init__(handle, querylist, seed, beam_args)
-        self.mode, self.cap, self.n_buckets, self.out_dir = mode, cap, n_buckets, out_dir
+    return fsio.read_parquet(fsio.join(out_dir, SPILL_DIR, table)).cast(WORK_SCHEMA)
+
+
+class _CountFn(beam.DoFn):
+    """Pass 1: partial match counts of a table; with ``out_dir`` the table itself is spilled
+    to a file and only its name goes on, so the runner does not hold every candidate while
+    the combiners finish (the later steps wait for their side inputs)."""
+
+    def __init__(self, n_buckets, out_dir=None, beam_args=()):
+        self.n_buckets, self.out_dir, self.beam_args = n_buckets, out_dir, tuple(beam_args)
+
+    def setup(self):
+        from pipeline.fsio import ensure_options
+
+        ensure_options(self.beam_args)
 
     def process(self, table):
-        for part in table_stats(table, self.qkeys, self.mode, self.cap, self.n_buckets):
-            yield beam.pvalue.TaggedOutput("stats", part)
+        for part in table_counts(table, self.n_buckets):
+            yield beam.pvalue.TaggedOutput("counts", part)
         if self.out_dir is None:
             yield table
             return
@@ -314,19 +354,28 @@ class _StatsFn(_WithKeys):
         yield name
 
 
+class _HeavyFn(_WithKeys):
+    """Pass 2 (``exact``): the t smallest pairs of each query over the cap."""
+
+    def __init__(self, handle, querylist, seed, cap, n_buckets, beam_args=(), out_dir=None):
+        super().__init__(handle, querylist, seed, beam_args)
+        self.cap, self.n_buckets, self.out_dir = cap, n_buckets, out_dir
+
+    def process(self, table, counts):
+        table = _read_spilled(self.out_dir, table)
+        yield from table_heavy_pairs(table, self.qkeys, counts, self.cap, self.n_buckets)
+
+
 class _SelectFn(_WithKeys):
     def __init__(self, handle, querylist, seed, mode, cap, beam_args=(), out_dir=None):
         super().__init__(handle, querylist, seed, beam_args)
         self.mode, self.cap, self.out_dir = mode, cap, out_dir
         self.elements = Metrics.distribution("wit.units", "select_rows")
 
-    def process(self, table, stats):
-        if isinstance(table, str):  # a spilled table's name
-            from pipeline import fsio
-
-            table = fsio.read_parquet(fsio.join(self.out_dir, SPILL_DIR, table))
-            table = table.cast(WORK_SCHEMA)
+    def process(self, table, counts, thresholds):
+        table = _read_spilled(self.out_dir, table)
         self.elements.update(table.num_rows)
+        stats = {"counts": counts, **(thresholds or {})}
         yield select_candidates(table, self.qkeys, stats, self.mode, self.cap)
 
 
@@ -341,9 +390,12 @@ def _count_stats_bucket(kv):
 class BalancePerQuery(beam.PTransform):
     """Candidate tables in, the same tables with status kept/not_selected and ``sel`` out.
 
-    ``n_buckets`` (query buckets of the stats combiner) grows with the input, so no
-    constant bounds the combine's parallelism. With ``out_dir`` the candidate tables wait
-    for the per-query numbers in spill files under ``OUT/_work``, not in the runner.
+    Pass 1 counts matches per query (a lifted combiner keyed by query bucket); for
+    ``exact``, pass 2 finds the t-th smallest pair of each query over the cap (the same
+    combiner, on those queries' pairs only); selection is a map with both as side inputs.
+    ``n_buckets`` grows with the input, so no constant bounds the combiners' parallelism.
+    With ``out_dir`` the candidate tables wait in spill files under ``OUT/_work``, not in
+    the runner.
     """
 
     def __init__(self, handle, querylist, mode, cap, seed, n_buckets=1, beam_args=(),
@@ -355,19 +407,35 @@ class BalancePerQuery(beam.PTransform):
         self.handle, self.querylist, self.beam_args = handle, querylist, tuple(beam_args)
         self.mode, self.cap, self.seed, self.n_buckets = mode, cap, seed, max(1, n_buckets)
 
+    def _combine(self, parts, label: str, mode: str):
+        return (
+            parts
+            | f"{label}PerQueryBucket" >> beam.CombinePerKey(QueryStatsFn(mode, self.cap))
+            | f"{label}Values" >> beam.Map(_count_stats_bucket)
+            | f"{label}AllBuckets" >> beam.combiners.ToList()
+        )
+
     def expand(self, matched):
         args = (self.handle, self.querylist, self.seed)
-        split = matched | "PairStats" >> beam.ParDo(
-            _StatsFn(*args, self.mode, self.cap, self.n_buckets, self.beam_args, self.out_dir)
-        ).with_outputs("stats", main="tables")
-        stats = (
-            split.stats
-            | "PerQueryBucket" >> beam.CombinePerKey(QueryStatsFn(self.mode, self.cap))
-            | "Values" >> beam.Map(_count_stats_bucket)
-            | "AllBuckets" >> beam.combiners.ToList()
-            | "Dense" >> beam.Map(dense_stats)
+        split = matched | "CountMatches" >> beam.ParDo(
+            _CountFn(self.n_buckets, self.out_dir, self.beam_args)
+        ).with_outputs("counts", main="tables")
+        counts = self._combine(split.counts, "Counts", "metaclip") | "DenseCounts" >> beam.Map(
+            dense_counts
         )
+        counts_side = beam.pvalue.AsSingleton(counts)
+        thresholds = None
+        if self.mode == "exact":
+            heavy = split.tables | "HeavyPairs" >> beam.ParDo(
+                _HeavyFn(*args, self.cap, self.n_buckets, self.beam_args, self.out_dir),
+                counts_side,
+            )
+            thresholds = self._combine(heavy, "Thresholds", "exact") | "DenseThresholds" >> (
+                beam.Map(dense_thresholds, counts_side)
+            )
+        fn = _SelectFn(*args, self.mode, self.cap, self.beam_args, self.out_dir)
+        if thresholds is None:
+            return split.tables | "Select" >> beam.ParDo(fn, counts_side, None)
         return split.tables | "Select" >> beam.ParDo(
-            _SelectFn(*args, self.mode, self.cap, self.beam_args, self.out_dir),
-            beam.pvalue.AsSingleton(stats),
+            fn, counts_side, beam.pvalue.AsSingleton(thresholds)
         )

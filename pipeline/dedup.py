@@ -196,7 +196,8 @@ class _ReadBackFn(fsio.FsDoFn):
 
 
 class Dedup(beam.PTransform):
-    """Candidate tables in; unique candidates out (tables), duplicates tagged ``final``.
+    """Candidate tables in; unique candidates out (tables); duplicates out as ``final``
+    (copies inside one table) and ``late`` (copies across tables).
 
     ``out_dir`` holds the spill files (``OUT/_work``; the job deletes it after the run).
     """
@@ -223,5 +224,5 @@ class Dedup(beam.PTransform):
                 FINAL, main="unique"
             )
         )
-        both = (spilled[FINAL], back[FINAL]) | "AllDuplicates" >> beam.Flatten()
-        return {"unique": back.unique, FINAL: both}
+        # two outputs, not one Flatten: each is written where it is produced
+        return {"unique": back.unique, FINAL: spilled[FINAL], "late": back[FINAL]}

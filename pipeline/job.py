@@ -246,9 +246,15 @@ def build_pipeline(
         args,
         out_dir=cfg.out,
     )
-    finals = [norm[FINAL], unique[FINAL], matched[FINAL], english[FINAL]]
+    finals = {
+        "Rejected": norm[FINAL],
+        "Duplicates": unique[FINAL],
+        "LateDuplicates": unique["late"],
+        "NoMatch": matched[FINAL],
+        "OtherLanguage": english[FINAL],
+    }
     if cfg.no_fetch:
-        finals.append(balanced)
+        finals["Balanced"] = balanced
     else:
         from pipeline.write import ShardOutcomes  # only when fetching
 
@@ -259,18 +265,21 @@ def build_pipeline(
             | "FetchAndWriteShards" >> ShardOutcomes(cfg.out, cfg.fetch_options, args)
             | "ShardRowsToTables" >> beam.Map(shard_rows_to_work)
         )
-        finals.append(split.rest)
-    tallies = (
-        finals
-        | "AllFinal" >> beam.Flatten()
-        | "WriteStatus" >> WriteStatus(handle, cfg.querylist, cfg.out, args)
-    )
+        finals["NotSelected"] = split.rest
+    # One WriteStatus per stage output, fused into the stage that produces it: a Flatten
+    # before it would make the local runner buffer every row until the last stage is done.
+    tallies = [
+        rows | f"Write{name}" >> WriteStatus(handle, cfg.querylist, cfg.out, args)
+        for name, rows in finals.items()
+    ]
     if not cfg.no_fetch:
-        fetched_tallies = fetched | "WriteFetchedStatus" >> WriteStatus(
-            handle, cfg.querylist, cfg.out, args, progress_phase=None
-        )
-        tallies = (tallies, fetched_tallies) | "AllTallies" >> beam.Flatten()
-    _ = tallies | "WriteCounts" >> WriteCounts(handle, cfg.querylist, cfg.out, input_rows, args)
+        tallies.append(fetched | "WriteFetched" >> WriteStatus(
+            handle, cfg.querylist, cfg.out, args, progress_phase=None))  # fmt: skip
+    _ = (
+        tallies
+        | "AllTallies" >> beam.Flatten()
+        | "WriteCounts" >> WriteCounts(handle, cfg.querylist, cfg.out, input_rows, args)
+    )
 
 
 # --- running ---------------------------------------------------------------------------------

@@ -61,22 +61,37 @@ def _chunks(table: pa.Table, size: int) -> list[pa.Table]:
     return [table.slice(i, size) for i in range(0, table.num_rows, size)]
 
 
+def _combine(fn, partials):
+    """The combiner's own methods, two levels deep as when lifted: one accumulator per
+    table (a bundle), merged per query bucket after the shuffle."""
+    per_bucket: dict[int, list] = {}
+    for parts in partials:
+        for b, stats in parts:
+            acc = fn.compact(fn.add_input(fn.create_accumulator(), stats))
+            per_bucket.setdefault(b, []).append(acc)
+    return [fn.extract_output(fn.merge_accumulators(accs)) for accs in per_bucket.values()]
+
+
 def _select_all(
     table: pa.Table, mode: str, cap: int, seed: int = 0, n_buckets: int = 7, chunk: int = 700
 ) -> pa.Table:
-    """The job's path without Beam: partials per table, the combiner's own methods (two
-    levels, as when lifted), the dense side input, then the per-candidate map."""
+    """The job's path without Beam: pass 1 counts, pass 2 (exact) thresholds of the queries
+    over the cap, then the per-candidate map with both as side inputs."""
     qkeys = balance.query_keys(QUERIES, seed)
-    fn = balance.QueryStatsFn(mode, cap)
-    per_bucket: dict[int, list] = {}
-    for part in _chunks(table, chunk):  # one accumulator per table, as a bundle would
-        for b, stats in balance.table_stats(part, qkeys, mode, cap, n_buckets):
-            acc = fn.compact(fn.add_input(fn.create_accumulator(), stats))
-            per_bucket.setdefault(b, []).append(acc)
-    outputs = [fn.extract_output(fn.merge_accumulators(accs)) for accs in per_bucket.values()]
-    dense = balance.dense_stats(outputs)
+    parts = _chunks(table, chunk)
+    counts = balance.dense_counts(
+        _combine(
+            balance.QueryStatsFn("metaclip", cap),
+            [balance.table_counts(t, n_buckets) for t in parts],
+        )  # fmt: skip
+    )
+    stats = {"counts": counts}
+    if mode == "exact":
+        heavy = [balance.table_heavy_pairs(t, qkeys, counts, cap, n_buckets) for t in parts]
+        stats.update(balance.dense_thresholds(
+            _combine(balance.QueryStatsFn("exact", cap), heavy), counts))  # fmt: skip
     return pa.concat_tables(
-        balance.select_candidates(part, qkeys, dense, mode, cap) for part in _chunks(table, chunk)
+        balance.select_candidates(part, qkeys, stats, mode, cap) for part in parts
     )
 
 
@@ -92,7 +107,8 @@ def test_combiner_selection_equals_the_replaced_sort_per_query(mode, cap):
 
 
 def test_accumulators_hold_at_most_t_pairs_per_query():
-    """A heavy-hitter query (every candidate) never needs all its pairs in one place."""
+    """A heavy-hitter query (every candidate) never needs all its pairs in one place, and
+    the pairs of queries under the cap never cross the shuffle."""
     table = _candidates(5000, seed=4)
     table = table.set_column(
         table.schema.get_field_index("qids"),
@@ -101,11 +117,19 @@ def test_accumulators_hold_at_most_t_pairs_per_query():
     )
     cap = 30
     qkeys = balance.query_keys(QUERIES, 0)
+    counts = balance.dense_counts(
+        _combine(
+            balance.QueryStatsFn("metaclip", cap),
+            [balance.table_counts(t, 1) for t in _chunks(table, 500)],
+        )  # fmt: skip
+    )
+    assert counts[0] == 5000
     fn = balance.QueryStatsFn("exact", cap)
     acc = fn.create_accumulator()
     for part in _chunks(table, 500):
-        for _b, stats in balance.table_stats(part, qkeys, "exact", cap, 1):
+        for _b, stats in balance.table_heavy_pairs(part, qkeys, counts, cap, 1):
             assert max(Counter(stats.q.tolist()).values()) <= cap
+            assert all(counts[q] > cap for q in set(stats.q.tolist()))
             acc = fn.add_input(acc, stats)
     merged = fn.compact(acc)[0]
     assert max(Counter(merged.q.tolist()).values()) <= cap

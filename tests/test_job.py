@@ -252,12 +252,17 @@ def test_dedup_stage_in_beam(n_buckets, tmp_path):
         unique = out["unique"] | "u" >> beam.FlatMap(
             lambda t: zip(t["uid"].to_pylist(), t["source"].to_pylist(), strict=True)
         )
-        dups = out[FINAL] | "d" >> beam.FlatMap(
-            lambda t: zip(
-                t["status"].to_pylist(),
-                t["reason"].to_pylist(),
-                t["source"].to_pylist(),
-                strict=True,
+        dups = (
+            (out[FINAL], out["late"])
+            | beam.Flatten()
+            | "d"
+            >> beam.FlatMap(
+                lambda t: zip(
+                    t["status"].to_pylist(),
+                    t["reason"].to_pylist(),
+                    t["source"].to_pylist(),
+                    strict=True,
+                )
             )
         )
         assert_that(unique, equal_to([(uid, "a.tsv"), (other, "b.tsv")]), label="unique")
