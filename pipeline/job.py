@@ -178,16 +178,13 @@ def _candidate_source(cfg: JobConfig, plan, errors_dir: str) -> beam.PTransform:
 def plan_page_lists(patterns: list[str]):
     """The page-list files of --input-format pages, checked on the launching machine."""
     from pipeline.crawl import check_page_list
-    from pipeline.read import Plan, expand_pattern
+    from pipeline.read import Plan, expand_inputs
 
     plan = Plan()
-    for pattern in patterns:
-        paths = expand_pattern(pattern)
-        if not paths:
-            raise ValueError(f"input {pattern} matches no file")
-        for path in paths:
-            check_page_list(path)
-            plan.files.append(path)
+    paths, plan.duplicates_dropped = expand_inputs(patterns)  # a list named twice is read once
+    for path in paths:
+        check_page_list(path)
+        plan.files.append(path)
     return plan
 
 
@@ -417,6 +414,7 @@ def run_job(cfg: JobConfig) -> dict:
             "files": plan.files,
             "units": len(plan.units),
             "unreadable": plan.unreadable + read_errors,
+            "duplicates_dropped": plan.duplicates_dropped,  # files named by several --input
         },  # fmt: skip
         "shards": shards,
         "pages": _page_totals(cfg.out) if pages else None,

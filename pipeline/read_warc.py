@@ -135,36 +135,53 @@ def _pairs_from_html_file(stream, path: str) -> Iterator[tuple[str, str | None]]
     yield from images_in_html(body, page_url_of_html_file(body, path))
 
 
-def gzip_problem(path: str) -> str | None:
-    """Why a gzip file is damaged (truncated, not gzip, bad deflate data), or None.
+class GzipDamageStream:
+    """A gzip file decompressed once, for warcio, that remembers why it stopped early.
 
-    warcio ends iteration quietly on such files, so without this check the rows after the
-    damage (or the whole file) would vanish without a word.
+    warcio ends iteration quietly at damaged gzip data (it even swallows the EOFError of a
+    truncated member), so the damage is caught here, in the one decompressing pass, and the
+    stream just ends. `problem` then says why (truncated, not gzip, bad deflate data).
+    Multi-member files (one member per record, as WARC writers make them) read as one
+    stream, and so does a WARC compressed as a single member.
     """
-    if not path.lower().endswith(".gz"):
-        return None
-    try:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
-            with gzip.GzipFile(fileobj=raw) as stream:
-                while stream.read(1 << 20):
-                    pass
-    except (OSError, EOFError, zlib.error) as e:
-        return f"damaged gzip data: {type(e).__name__}: {e}"
-    return None
+
+    def __init__(self, raw):
+        self._gzip = gzip.GzipFile(fileobj=raw, mode="rb")
+        self.problem: str | None = None
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(1 << 20), b""))
+        if self.problem is not None:
+            return b""
+        try:
+            # read1: at most one step of decompression, so the data before damage is
+            # returned before the error is met (read() would drop what it had collected).
+            return self._gzip.read1(size)
+        except (OSError, EOFError, zlib.error) as e:
+            self.problem = f"damaged gzip data: {type(e).__name__}: {e}"
+            return b""
+
+    def close(self) -> None:
+        self._gzip.close()
 
 
 def read_page_unit(unit: dict, on_error: Callable[[str, str], None]) -> Iterator[pa.Table]:
     """Tables of candidates from one WARC, WAT or HTML file; damage goes to ``on_error``."""
     path, kind = unit["path"], unit["kind"]
     batcher = _Batcher(path)
+    gz = None
     try:
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            stream = f
+            if kind in ("warc", "wat") and path.lower().endswith(".gz"):
+                stream = gz = GzipDamageStream(f)
             if kind == "warc":
-                pairs = _pairs_from_warc(f)
+                pairs = _pairs_from_warc(stream)
             elif kind == "wat":
-                pairs = _pairs_from_wat(f)
+                pairs = _pairs_from_wat(stream)
             else:
-                pairs = _pairs_from_html_file(f, path)
+                pairs = _pairs_from_html_file(stream, path)
             for url, alt in pairs:
                 table = batcher.add(url, alt)
                 if table is not None:
@@ -172,9 +189,8 @@ def read_page_unit(unit: dict, on_error: Callable[[str, str], None]) -> Iterator
     except Exception as e:  # noqa: BLE001 - a damaged file must not stop the job
         on_error(path, f"{type(e).__name__}: {e}")
     else:
-        problem = gzip_problem(path) if kind in ("warc", "wat") else None
-        if problem:  # warcio stops quietly at damaged gzip data; say what was lost
-            on_error(path, f"{problem} (the records before the damage were read)")
+        if gz is not None and gz.problem:  # the stream ended at the damage; say what was lost
+            on_error(path, f"{gz.problem} (the records before the damage were read)")
     table = batcher.flush()
     if table is not None:
         yield table

@@ -155,10 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     validate(args, parser)
-    from train.trainer import run  # torch import after argument errors are reported
+    from train.trainer import AllRanksError, run  # torch import after argument errors
 
     try:
         run(args)
+    except AllRanksError as exc:  # every rank fails here alike: one line, from rank 0
+        if os.environ.get("RANK", "0") == "0":
+            print(f"wit-train: error: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
         print(f"wit-train: error: {exc}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import functools
 import gzip
+import heapq
 import html
 import importlib.util
 import json
@@ -291,37 +292,93 @@ def get_tokenizer(
 def learn_tokenizer(
     captions: Iterable[str], vocab_size: int, context_length: int = 77, min_frequency: int = 2
 ) -> BPETokenizer:
-    """Learn `vocab_size - 514` merges from captions with the `tokenizers` library's BPE trainer.
+    """Learn `vocab_size - 514` merges from captions, the same merges in any process.
 
     The captions get exactly the pre-processing and piece split used at encode time, so the
-    merges fit the encoder. The vocabulary is smaller when the corpus supports fewer merges
-    (every merge must be seen `min_frequency` times); `tok.vocab_size` is the true size.
+    merges fit the encoder. Each step merges the most frequent adjacent pair; ties go to
+    the smallest pair (compared as strings), so the result is a function of the captions
+    alone. (The `tokenizers` library's trainer, used before, broke ties in hash order:
+    four processes gave four merge lists, and DDP ranks could tokenize a caption apart.)
+    The vocabulary is smaller when the corpus supports fewer merges (every merge must be
+    seen `min_frequency` times); `tok.vocab_size` is the true size.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
     n_merges = int(vocab_size) - 512 - 2
     if n_merges < 0:
         raise ValueError(
             f"vocab_size must be at least 514 (bytes, bytes+</w>, 2 specials), got {vocab_size}"
         )
     specials = {SOT, EOT}
-
-    def pieces():
-        for caption in captions:
-            if isinstance(caption, str):
-                yield " ".join(p for p in split_pieces(clean_text(caption)) if p not in specials)
-
-    model = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    model.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.BpeTrainer(
-        vocab_size=n_merges + 2 * 256,  # the trainer counts its alphabet in the size
-        min_frequency=min_frequency,
-        initial_alphabet=list(BYTE_TO_CHAR.values()),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    model.train_from_iterator(pieces(), trainer)
-    learned = json.loads(model.to_str())["model"]["merges"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned]
-    merges = list(collections.OrderedDict.fromkeys(merges))[:n_merges]
+    counts: collections.Counter = collections.Counter()
+    for caption in captions:
+        if isinstance(caption, str):
+            counts.update(p for p in split_pieces(clean_text(caption)) if p not in specials)
+    merges = learn_merges(counts, n_merges, min_frequency)
     return BPETokenizer(merges, context_length, name="learned")
+
+
+def learn_merges(
+    piece_counts: dict[str, int], n_merges: int, min_frequency: int = 2
+) -> list[tuple[str, str]]:
+    """Byte-level BPE training on counted pieces (each ends in `</w>`), deterministically.
+
+    Pair counts are kept up to date incrementally: merging a pair touches only the words
+    that hold it (found through `where`), and a heap with lazy deletion yields the next
+    best pair, ordered by (-count, left, right).
+    """
+    words: list[list[str]] = []
+    freqs: list[int] = []
+    for piece, n in sorted(piece_counts.items()):
+        if piece:
+            words.append([*piece[:-1], piece[-1] + "</w>"])
+            freqs.append(int(n))
+    pair_counts: dict[tuple[str, str], int] = collections.defaultdict(int)
+    where: dict[tuple[str, str], set[int]] = collections.defaultdict(set)
+    for i, (word, n) in enumerate(zip(words, freqs, strict=True)):
+        for pair in zip(word, word[1:], strict=False):
+            pair_counts[pair] += n
+            where[pair].add(i)
+    heap = [(-n, a, b) for (a, b), n in pair_counts.items()]
+    heapq.heapify(heap)
+    merges: list[tuple[str, str]] = []
+    done: set[tuple[str, str]] = set()
+    while heap and len(merges) < n_merges:
+        neg, a, b = heapq.heappop(heap)
+        pair = (a, b)
+        if pair_counts.get(pair, 0) != -neg:
+            continue  # stale: the pair's count changed and a fresh entry was pushed
+        if -neg < min_frequency:
+            break
+        if pair not in done:  # a pair can come back (a later merge rebuilds a symbol)
+            merges.append(pair)
+            done.add(pair)
+        joined = a + b
+        changed: set[tuple[str, str]] = set()
+        for i in where.pop(pair, ()):
+            word, n = words[i], freqs[i]
+            merged, j, size = [], 0, len(word)
+            while j < size:
+                if j < size - 1 and word[j] == a and word[j + 1] == b:
+                    merged.append(joined)
+                    j += 2
+                else:
+                    merged.append(word[j])
+                    j += 1
+            if len(merged) == size:
+                continue  # the pair left this word through an earlier merge
+            delta = collections.Counter(zip(merged, merged[1:], strict=False))
+            delta.subtract(zip(word, word[1:], strict=False))
+            for p, d in delta.items():
+                if d:
+                    pair_counts[p] += d * n
+                    changed.add(p)
+                    if d > 0:
+                        where[p].add(i)
+            words[i] = merged
+        pair_counts.pop(pair, None)
+        for p in changed:
+            n = pair_counts.get(p, 0)
+            if n > 0:
+                heapq.heappush(heap, (-n, *p))
+            else:
+                pair_counts.pop(p, None)
+    return merges

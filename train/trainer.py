@@ -116,7 +116,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model_and_tokenizer(args, resume_state: dict | None):
+def build_model_and_tokenizer(args, resume_state: dict | None, info=None):
     """The model and tokenizer of a fresh run, or those stored in the checkpoint."""
     from train import create_model, get_tokenizer
 
@@ -127,7 +127,7 @@ def build_model_and_tokenizer(args, resume_state: dict | None):
     from train import load_config
 
     config = load_config(args.model, **dict(args.override or []))
-    tokenizer = build_tokenizer(args, default_tokenizer(config))
+    tokenizer = build_tokenizer(args, default_tokenizer(config), info)
     overrides = {}
     if tokenizer.vocab_size != config["vocab_size"]:
         overrides["vocab_size"] = tokenizer.vocab_size
@@ -144,18 +144,60 @@ def default_tokenizer(config: dict) -> str:
     return f"learn:{LEARNED_VOCAB}" if config.get("tokenizer") == "learned" else "openai"
 
 
-def build_tokenizer(args, default: str = "openai"):
-    """`openai`, a tokenizer file, or `learn:N` = a vocabulary of N learned from the shards."""
+def build_tokenizer(args, default: str = "openai", info=None):
+    """`openai`, a tokenizer file, or `learn:N` = a vocabulary of N learned from the shards.
+
+    Under DDP only rank 0 learns; the other ranks receive its merges, so every rank
+    tokenizes a caption the same way (the learning itself is deterministic too).
+    """
     from train import get_tokenizer
+    from train import tokenizer as tok_mod
 
     spec = args.tokenizer or default
     if not spec.startswith("learn:"):
         return get_tokenizer(spec)
-    from train.tokenizer import learn_tokenizer
+    info = info or dist_mod.DistInfo()
+    learned: dict | None = None
+    if info.is_main:
+        try:
+            vocab = int(spec.split(":", 1)[1])
+            shards = data_mod.expand_shards(args.shards)
+            captions = data_mod.iter_captions(shards, limit=args.tokenizer_captions)
+            learned = tok_mod.learn_tokenizer(captions, vocab).spec()
+        except (ValueError, OSError) as exc:
+            if not info.distributed:
+                raise
+            learned = {"error": f"cannot learn the tokenizer on rank 0: {exc}"}
+    learned = dist_mod.all_gather_objects(learned, info)[0]  # rank 0's, on every rank
+    if "error" in learned:
+        raise AllRanksError(learned["error"])
+    return get_tokenizer(learned)
 
-    vocab = int(spec.split(":", 1)[1])
-    shards = data_mod.expand_shards(args.shards)
-    return learn_tokenizer(data_mod.iter_captions(shards, limit=args.tokenizer_captions), vocab)
+
+class AllRanksError(ValueError):
+    """A failure every rank meets at the same point: only rank 0 reports it (one line)."""
+
+
+def check_shard_assignment(shards: list[str], info, samples_per_epoch: int | None) -> None:
+    """Fail every rank together, before any training, when a rank would get no shard.
+
+    Without resampling each rank reads its own slice of the shards (rank::world_size), so
+    with fewer shards than ranks one rank raises at its first batch while the others wait
+    in a collective until the timeout. The shard count is gathered, so ranks that see
+    different files (a folder not shared by every node) fail together too.
+    """
+    counts = dist_mod.all_gather_objects(len(shards), info)
+    if len(set(counts)) > 1:
+        raise AllRanksError(
+            f"the ranks see different shards for --shards ({', '.join(map(str, counts))} "
+            "files by rank): every node must see the same files"
+        )
+    if samples_per_epoch is None and counts[0] < info.world_size:
+        raise AllRanksError(
+            f"too few shards for {info.world_size} ranks: --shards matches {counts[0]}, so "
+            f"{info.world_size - counts[0]} rank(s) would get none; use --samples-per-epoch "
+            f"(resampled shards) or at least {info.world_size} shards"
+        )
 
 
 def find_resume_state(args, info) -> dict | None:
@@ -245,10 +287,11 @@ def _run(args, info) -> dict:
         torch.use_deterministic_algorithms(True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    data_mod.expand_shards(args.shards)  # fail on a bad pattern before any model work
+    shards = data_mod.expand_shards(args.shards)  # fail on a bad pattern before model work
+    check_shard_assignment(shards, info, args.samples_per_epoch)
     seed_everything(args.seed)
     resume_state = find_resume_state(args, info)
-    model, tokenizer = build_model_and_tokenizer(args, resume_state)
+    model, tokenizer = build_model_and_tokenizer(args, resume_state, info)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(info.device)
