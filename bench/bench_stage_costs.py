@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=361_000)
     ap.add_argument("--batch", type=int, default=32_768)
     ap.add_argument("--lid", default="fasttext")
+    ap.add_argument("--cap", type=int, default=20_000, help="t; at 100k rows few queries pass "
+                    "20,000, so pass 2 is cheap here: use a smaller t to see its cost")  # fmt: skip
     args = ap.parse_args()
 
     from bench_match import bench_queries
@@ -89,17 +91,26 @@ def main() -> None:
         add("language ID (matched rows)", s)
         english.append(matched.filter(pa.array([r is None for r in rejections])))
     pairs = sum(len(pa.compute.list_flatten(t["qids"])) for t in english)
-    fn = balance.QueryStatsFn("exact", 20_000)
-    acc = fn.create_accumulator()
     start = time.process_time()
+    counts_fn = balance.QueryStatsFn("metaclip", 20_000)
+    acc = counts_fn.create_accumulator()
     for t in english:
-        for _b, part in balance.table_stats(t, qkeys, "exact", 20_000, 1):
-            acc = fn.add_input(acc, part)
-    stats = balance.dense_stats([fn.extract_output(fn.merge_accumulators([acc]))])
-    add("balance: per-query numbers (combiner)", time.process_time() - start)
+        for _b, part in balance.table_counts(t, 1):
+            acc = counts_fn.add_input(acc, part)
+    counts = balance.dense_counts([counts_fn.extract_output(acc)])
+    add("balance pass 1: counts (combiner)", time.process_time() - start)
+    start = time.process_time()
+    heavy_fn = balance.QueryStatsFn("exact", args.cap)
+    acc = heavy_fn.create_accumulator()
+    for t in english:
+        for _b, part in balance.table_heavy_pairs(t, qkeys, counts, args.cap, 1):
+            acc = heavy_fn.add_input(acc, part)
+    stats = {"counts": counts,
+             **balance.dense_thresholds([heavy_fn.extract_output(acc)], counts)}  # fmt: skip
+    add("balance pass 2: thresholds (combiner)", time.process_time() - start)
     selected = []
     for t in english:
-        out, s = cpu(balance.select_candidates, t, qkeys, stats, "exact", 20_000)
+        out, s = cpu(balance.select_candidates, t, qkeys, stats, "exact", args.cap)
         add("balance: selection map", s)
         selected.append(out)
     start = time.process_time()
@@ -111,7 +122,8 @@ def main() -> None:
 
     total = sum(costs.values())
     print(f"rows={n:,} queries={len(queries):,} pairs={pairs:,} "
-          f"({pairs / n:.1f} a candidate) lid={args.lid}")  # fmt: skip
+          f"({pairs / n:.1f} a candidate) lid={args.lid} t={args.cap:,} "
+          f"queries over t={int((counts > args.cap).sum()):,}")  # fmt: skip
     print(f"per-worker set-up: matcher {load_match:.1f} s, language ID {load_lid:.1f} s, "
           f"query keys {load_keys:.1f} s (CPU)")  # fmt: skip
     print(f"{'stage':<40}{'CPU us/candidate':>18}{'CPU s per 1M':>14}")
