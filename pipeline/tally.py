@@ -104,6 +104,42 @@ class Tally:
         return out
 
 
+class BundleTally:
+    """Tallies of many tables summed into dense per-query arrays: one ``Tally`` per
+    bundle leaves the DoFn instead of one per table, since whatever crosses into the
+    combine is buffered by the local runner (a table's sparse tally is up to ~1 MB)."""
+
+    def __init__(self, n_queries: int):
+        self.n_queries = n_queries
+        self.reset()
+
+    def reset(self) -> None:
+        self.statuses: dict[str, int] = {}
+        self.dense = {
+            k: np.zeros(self.n_queries, np.int64) for k in ("matched", "selected", "kept")
+        }
+        self.empty = True
+
+    def add(self, tally: Tally) -> None:
+        self.empty = False
+        for s, n in tally.statuses.items():
+            self.statuses[s] = self.statuses.get(s, 0) + n
+        for name, (ids, counts) in tally.queries.items():
+            if len(ids):
+                self.dense[name][ids] += counts  # ids are unique within one tally
+
+    def take(self) -> Tally | None:
+        if self.empty:
+            return None
+        queries = {}
+        for name, column in self.dense.items():
+            ids = np.flatnonzero(column)
+            queries[name] = (ids.astype(np.int64), column[ids])
+        out = Tally(self.statuses, queries)
+        self.reset()
+        return out
+
+
 class TallyFn(beam.CombineFn):
     """Lifted: partial tallies merge on each worker before the (single-key) shuffle."""
 

@@ -122,6 +122,12 @@ def test_manifest_counts_and_metrics(corpus, default_run):
     for row in counts.to_pylist():
         assert row["selected"] <= row["matched"]
         assert row["kept"] == sum(row["query"] in r["matched_queries"] for r in kept_rows)
+    # the pipeline's combiner gives what the old launcher computed from every status row
+    from pipeline.status_io import query_counts
+
+    reference = query_counts(status, counts["query"].to_pylist())
+    assert counts.equals(reference)
+    assert manifest["input_rows"] == n_rows
 
 
 def test_rerun_on_another_runner_gives_identical_tables(corpus, default_run):
