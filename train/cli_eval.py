@@ -1,9 +1,13 @@
-"""`wit-eval`: zero-shot, linear probe, retrieval and the train/eval overlap check.
+"""`wit-eval`: zero-shot, linear probe, few-shot, robustness, retrieval and the overlap check.
 
-    wit-eval zeroshot  --checkpoint CKPT [--compare CKPT ...] --dataset DIR [--templates SET]
-    wit-eval probe     --checkpoint CKPT --dataset DIR [--test-dataset DIR]
-    wit-eval retrieval --checkpoint CKPT --dataset captions.csv [--images DIR]
-    wit-eval overlap   --shards 'OUT/shards/*.tar' --dataset DIR [--checkpoint CKPT]
+    wit-eval zeroshot   --checkpoint CKPT [--compare CKPT ...] --dataset DIR [--templates SET]
+    wit-eval probe      --checkpoint CKPT --dataset DIR [--test-dataset DIR]
+    wit-eval fewshot    --checkpoint CKPT --dataset DIR [--shots 1,2,4,8,16] [--draws 5]
+                        [--zeroshot-prior]
+    wit-eval robustness --checkpoint CKPT [--compare CKPT ...] --dataset DIR
+                        [--shifted [NAME=]DIR ...] [--synthetic all] [--severities 1,3,5]
+    wit-eval retrieval  --checkpoint CKPT --dataset captions.csv [--images DIR]
+    wit-eval overlap    --shards 'OUT/shards/*.tar' --dataset DIR [--checkpoint CKPT]
 
 A checkpoint is one of ours (file or run folder) or an OpenAI / open_clip state dict
 with `--model CONFIG`. Results go to the terminal as a table and, with `--out`, to JSON.
@@ -18,7 +22,8 @@ import os
 import sys
 import time
 
-TASKS = ("zeroshot", "probe", "retrieval", "overlap")
+TASKS = ("zeroshot", "probe", "fewshot", "robustness", "retrieval", "overlap")
+KINDS = ("zeroshot", "probe")
 TABLE_KEYS = {
     "zeroshot": ["top1", "top5", "mean_per_class_recall", "n"],
     "probe": [
@@ -106,6 +111,80 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of a single dataset held out for test",
     )
     pr.add_argument("--seed", type=int, default=0, help="seed of the deterministic split")
+
+    fs = sub.add_parser(
+        "fewshot", help="few-shot logistic-regression probes at k shots against zero-shot"
+    )
+    _common(fs)
+    fs.add_argument("--dataset", required=True, help="folder per class, or labelled .tar shards")
+    fs.add_argument("--test-dataset", help="test set; without it --dataset is split")
+    fs.add_argument("--classnames", metavar="FILE")
+    fs.add_argument("--limit-per-class", type=int, metavar="N")
+    fs.add_argument(
+        "--shots",
+        default="1,2,4,8,16",
+        help="examples per class, comma-separated (default 1,2,4,8,16)",
+    )
+    fs.add_argument("--draws", type=int, default=5, help="seeded draws of the shots per k")
+    fs.add_argument(
+        "--zeroshot-prior",
+        action="store_true",
+        help="also fit probes started at and L2-pulled toward the zero-shot classifier",
+    )
+    fs.add_argument(
+        "--val-per-class",
+        type=int,
+        default=10,
+        help="images per class held out of the pool to choose the L2 strength",
+    )
+    fs.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="share of a single dataset held out for test",
+    )
+    fs.add_argument("--seed", type=int, default=0, help="seed of the split and of the draws")
+    fs.add_argument("--templates", default="single", help="zero-shot templates, as for zeroshot")
+    fs.add_argument("--ensemble", choices=("embedding", "probability"), default="embedding")
+    fs.add_argument("--cache-dir", metavar="DIR", help="keep class embeddings on disk here")
+
+    rb = sub.add_parser("robustness", help="zero-shot and probe accuracy under distribution shift")
+    _common(rb)
+    rb.add_argument(
+        "--dataset", required=True, help="in-distribution set: folder per class or labelled shards"
+    )
+    rb.add_argument(
+        "--train-dataset",
+        help="in-distribution training set for the probe; without it --dataset is split",
+    )
+    rb.add_argument(
+        "--shifted",
+        nargs="+",
+        default=[],
+        metavar="[NAME=]DIR",
+        help="natural shifted sets (folder per class or shards), classes named as in --dataset",
+    )
+    rb.add_argument(
+        "--synthetic",
+        default="all",
+        metavar="FAMILIES",
+        help="synthetic shifts: all, none, or some of noise,blur,jpeg,contrast,haze,pixelate",
+    )
+    rb.add_argument("--severities", default="1,3,5", help="synthetic severities 0..5 (0: none)")
+    rb.add_argument("--shift-seed", type=int, default=0, help="seed of the random shifts")
+    rb.add_argument("--classnames", metavar="FILE")
+    rb.add_argument("--limit-per-class", type=int, metavar="N")
+    rb.add_argument("--val-fraction", type=float, default=0.2)
+    rb.add_argument("--test-fraction", type=float, default=0.2)
+    rb.add_argument("--seed", type=int, default=0, help="seed of the deterministic split")
+    rb.add_argument("--templates", default="single", help="zero-shot templates, as for zeroshot")
+    rb.add_argument("--ensemble", choices=("embedding", "probability"), default="embedding")
+    rb.add_argument("--cache-dir", metavar="DIR", help="keep class embeddings on disk here")
+    rb.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="in-distribution vs shifted accuracy plot (default: beside --out, as .png)",
+    )
 
     r = sub.add_parser("retrieval", help="image-text retrieval recall@1/5/10")
     _common(r)
@@ -195,6 +274,108 @@ def _run_probe(args, path: str, data) -> dict:
     )
 
 
+def _run_fewshot(args, path: str, data) -> dict:
+    from train.eval.fewshot import evaluate_fewshot
+
+    train_set, test_set = data
+    m = _load(args, path)
+    return evaluate_fewshot(
+        m.model,
+        m.tokenizer,
+        train_set,
+        test_set,
+        shots=args.shots,
+        draws=args.draws,
+        seed=args.seed,
+        templates=args.templates,
+        ensemble=args.ensemble,
+        zeroshot_prior=args.zeroshot_prior,
+        val_per_class=args.val_per_class,
+        test_fraction=args.test_fraction,
+        batch_size=args.batch_size,
+        device=_device(args.device),
+        workers=args.workers,
+        cache_dir=args.cache_dir,
+        progress=not args.quiet,
+    )
+
+
+def _shifted_sets(args, id_classnames: list[str]) -> list:
+    """`--shifted [NAME=]DIR` sets (classes matched by name) then the synthetic shifts."""
+    from train.eval import datasets as ds
+    from train.eval.robustness import natural_shift, synthetic_shifts
+    from train.eval.shifts import parse_families, parse_severities
+
+    shifts, seen = [], set()
+    for spec in args.shifted:
+        name, sep, path = spec.partition("=")
+        if not sep or os.path.exists(spec):
+            name, path = _short_name(spec.removesuffix("/")), spec
+        if name in seen:
+            raise ValueError(f"two shifted sets are named {name!r}: give NAME=DIR")
+        seen.add(name)
+        # a folder set maps its folders through --classnames (the folder<TAB>name form also
+        # covers a subset of the classes); shards carry their own classnames.txt
+        names_file = None if ds.is_shard_spec(path) else args.classnames
+        data = ds.load_classification(path, names_file, args.limit_per_class)
+        shifts.append(natural_shift(name, data, id_classnames))
+    families = parse_families(args.synthetic)
+    if families:
+        shifts += synthetic_shifts(families, parse_severities(args.severities))
+    if not shifts:
+        raise ValueError("no shifts: give --shifted DIR and/or --synthetic FAMILIES")
+    return shifts
+
+
+def _run_robustness(args, checkpoints: list[str], data) -> dict:
+    from train.eval.robustness import evaluate_model_robustness, robustness_split, summarize
+
+    dataset, train_set = data
+    train, val, test, split = robustness_split(
+        dataset, train_set, args.val_fraction, args.test_fraction, args.seed
+    )
+    for name, part in (("probe train", train), ("validation", val), ("test", test)):
+        if not part.items:
+            raise ValueError(f"the {name} split is empty: use more images per class")
+    shifts = _shifted_sets(args, dataset.classnames)
+    per_model = {}
+    for path in checkpoints:
+        _log(args, f"wit-eval robustness: {path}")
+        m = _load(args, path)
+        per_model[path] = evaluate_model_robustness(
+            m.model,
+            m.tokenizer,
+            train,
+            val,
+            test,
+            shifts,
+            templates=args.templates,
+            ensemble=args.ensemble,
+            shift_seed=args.shift_seed,
+            batch_size=args.batch_size,
+            device=_device(args.device),
+            workers=args.workers,
+            cache_dir=args.cache_dir,
+            progress=not args.quiet,
+        )
+        del m
+    summary = summarize(per_model, shifts, args.compare)
+    report = {
+        "train_dataset": args.train_dataset,
+        "split": split,
+        "template_set": args.templates,
+        "shift_seed": args.shift_seed,
+        "shifts": [s.describe() for s in shifts],
+        **summary,
+    }
+    plot = args.plot or (os.path.splitext(args.out)[0] + ".png" if args.out else None)
+    if plot:
+        from train.eval.robustness import plot_robustness
+
+        report["plot"] = plot_robustness(summary, shifts, plot)
+    return report
+
+
 def _run_retrieval(args, path: str, dataset) -> dict:
     from train.eval.retrieval import evaluate_retrieval
 
@@ -215,12 +396,20 @@ def _load_data(args):
 
     if args.task == "zeroshot":
         return ds.load_classification(args.dataset, args.classnames, args.limit_per_class)
-    if args.task == "probe":
+    if args.task in ("probe", "fewshot"):
         train = ds.load_classification(args.dataset, args.classnames, args.limit_per_class)
         test = None
         if args.test_dataset:
             test = ds.load_classification(args.test_dataset, args.classnames, args.limit_per_class)
         return train, test
+    if args.task == "robustness":
+        test = ds.load_classification(args.dataset, args.classnames, args.limit_per_class)
+        train = None
+        if args.train_dataset:
+            train = ds.load_classification(
+                args.train_dataset, args.classnames, args.limit_per_class
+            )
+        return test, train
     if args.task == "retrieval":
         return ds.load_captions(args.dataset, args.images, args.limit_images)
     # overlap: a class folder keeps labels (per-class counts, clean/overlap zero-shot)
@@ -293,6 +482,68 @@ def format_table(results: dict[str, dict], keys: list[str]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(cells))
 
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _grid(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+
+    def line(r):
+        cells = zip(r, widths, strict=True)
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(cells))
+
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _pct(value) -> str:
+    return _fmt("top1", value)
+
+
+def _worth(res: dict) -> str:
+    """`2.8`, or `< 1` / `> 16` outside the measured shots."""
+    value, note = res["zeroshot_equivalent_shots"], res["zeroshot_equivalent"]
+    if value is not None:
+        return f"{value:.1f}"
+    k = next((w for w in note.split() if w.split("-")[0].isdigit()), None)
+    if k is None:
+        return "-"
+    return ("< " if note.startswith("below") else "> ") + k.split("-")[0]
+
+
+def fewshot_table(results: dict[str, dict]) -> str:
+    """Mean ± std top-1 per k for each checkpoint, zero-shot, and what zero-shot is worth."""
+    names = list(results)
+    first = results[names[0]]
+    rows = [["zero-shot"] + [_pct(results[n]["zeroshot_top1"]) for n in names]]
+    for key, suffix in (("fewshot", ""), ("zeroshot_prior", " + prior")):
+        if key not in first:
+            continue
+        for i, k in enumerate(first["shots"]):
+            cells = []
+            for n in names:
+                r = results[n][key][i]
+                cells.append(f"{100 * r['top1_mean']:.2f} ± {100 * r['top1_std']:.2f}%")
+            rows.append([f"{k}-shot{suffix}"] + cells)
+    rows.append(["zero-shot = k shots"] + [_worth(results[n]) for n in names])
+    return _grid(["top-1"] + [_short_name(n) for n in names], rows)
+
+
+def robustness_table(report: dict) -> str:
+    """Top-1 per set, zero-shot and probe side by side for each checkpoint."""
+    res = report["results"]
+    header = ["top-1"]
+    for r in res:
+        header += [f"{_short_name(r['checkpoint'])} zs", f"{_short_name(r['checkpoint'])} probe"]
+    rows = [["in-distribution"] + [_pct(r[k]["in_distribution"]) for r in res for k in KINDS]]
+    for s in report["shifts"]:
+        rows.append(
+            [s["name"]] + [_pct(r[k]["shifts"][s["name"]]["top1"]) for r in res for k in KINDS]
+        )
+    rows.append(["mean shifted"] + [_pct(r[k]["mean_shifted"]) for r in res for k in KINDS])
+    rows.append(["mean drop"] + [_pct(r[k]["mean_drop"]) for r in res for k in KINDS])
+    rows.append(
+        ["eff. robustness"] + [_pct(r[k]["mean_effective_robustness"]) for r in res for k in KINDS]
+    )
+    return _grid(header, rows)
 
 
 def _overlap_text(report: dict) -> str:
@@ -373,14 +624,52 @@ def run(args) -> dict:
         if report.get("zeroshot"):
             print(format_table(report["zeroshot"], TABLE_KEYS["overlap"]))
         result = {**meta, **report}
+    elif args.task == "robustness":
+        report = _clean(_run_robustness(args, checkpoints, data))
+        print(robustness_table(report))
+        fit = report["line_fit"]
+        print(
+            f"split: {report['split']}\n"
+            f"effective robustness: above the line fitted in logit space through the probes "
+            f"of {', '.join(_short_name(m) for m in fit['models'])}"
+            + (
+                ""
+                if fit["mean"]
+                else " (no line: it needs two distinct in-distribution accuracies; compare more models)"
+            )
+        )
+        if report.get("plot"):
+            print(f"plot: {report['plot']}")
+        for r in report["results"]:
+            if r.get("skipped"):
+                print(
+                    f"{r['checkpoint']}: {len(r['skipped'])} image(s) skipped, e.g. "
+                    f"{r['skipped'][0]['image']}: {r['skipped'][0]['reason']}"
+                )
+        result = {**meta, **report}
     else:
-        runner = {"zeroshot": _run_zeroshot, "probe": _run_probe, "retrieval": _run_retrieval}
+        runner = {
+            "zeroshot": _run_zeroshot,
+            "probe": _run_probe,
+            "fewshot": _run_fewshot,
+            "retrieval": _run_retrieval,
+        }
         results = {}
         for path in checkpoints:
             _log(args, f"wit-eval {args.task}: {path}")
             results[path] = runner[args.task](args, path, data)
-        print(format_table(results, TABLE_KEYS[args.task]))
+        if args.task == "fewshot":
+            print(fewshot_table(results))
+        else:
+            print(format_table(results, TABLE_KEYS[args.task]))
         first = results[checkpoints[0]]
+        if args.task == "fewshot":
+            print(
+                f"{first['classes']} classes, {first['draws']} draw(s) per k, mean ± std; "
+                f"L2 chosen on {first['n_val']} validation images; test n={first['n_test']}"
+            )
+            print(f"split: {first['split']}")
+            meta["template_set"] = args.templates
         if args.task == "zeroshot":
             print(
                 f"{first['classes']} classes (chance top-1 {100 / first['classes']:.2f}%), "

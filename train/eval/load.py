@@ -7,6 +7,7 @@ never run code. A run folder means RUN/checkpoints/latest.pt.
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -103,26 +104,48 @@ def load_for_eval(
     return LoadedModel(model, tok, source, (RANDOM_PREFIX if random_init else "") + str(p))
 
 
-def eval_transform(model) -> Callable:
-    """The model's eval preprocessing: resize the short side, center crop, normalize."""
-    from train import image_transform
-
+def model_image_size(model) -> int:
+    """The square input resolution of the model's image tower."""
     size = getattr(model, "image_size", None)
     if size is None:
         size = model.visual.image_size
     if isinstance(size, (tuple, list)):
         size = size[0]
-    return image_transform(int(size), is_train=False)
+    return int(size)
+
+
+def eval_transform(model) -> Callable:
+    """The model's eval preprocessing: resize the short side, center crop, normalize."""
+    from train import image_transform
+
+    return image_transform(model_image_size(model), is_train=False)
 
 
 def _progress(label: str, done: int, total: int, started: float) -> None:
-    """A self-overwriting line on a terminal; in a log, only the last update."""
+    """A self-overwriting bar on a terminal (count, rate, ETA); in a log, only the last update."""
     tty = sys.stderr.isatty()
     if not tty and done < total:
         return
-    rate = done / max(time.monotonic() - started, 1e-9)
+    elapsed = max(time.monotonic() - started, 1e-9)
+    rate = done / elapsed
+    width = 20
+    filled = width * done // max(total, 1)
+    bar = "#" * filled + "." * (width - filled)
+    eta = (total - done) / rate if rate > 0 else float("inf")
+    tail = f"ETA {eta:.0f}s" if done < total and math.isfinite(eta) else f"{elapsed:.1f}s"
     end = "" if tty else "\n"
-    print(f"\r{label}: {done}/{total} ({rate:.0f}/s)", end=end, file=sys.stderr, flush=True)
+    print(
+        f"\r{label}: [{bar}] {done}/{total} ({rate:.0f}/s, {tail})",
+        end=end,
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def progress_done() -> None:
+    """End a self-overwriting progress line."""
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
 
 
 @torch.no_grad()
@@ -135,6 +158,7 @@ def image_features(
     workers: int = 0,
     failures: list | None = None,
     progress: bool = False,
+    label: str = "images",
 ) -> tuple[torch.Tensor, list[int]]:
     """L2-normalized image embeddings [n, D] and the indices of the items they belong to.
 
@@ -146,9 +170,9 @@ def image_features(
         feats.append(F.normalize(model.encode_image(images.to(device)).float(), dim=-1).cpu())
         kept += indices
         if progress:
-            _progress("images", len(kept), len(items), started)
-    if progress and sys.stderr.isatty():
-        print(file=sys.stderr)
+            _progress(label, len(kept), len(items), started)
+    if progress:
+        progress_done()
     if not feats:
         raise LoadError("no image could be read")
     return torch.cat(feats), kept

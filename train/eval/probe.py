@@ -3,10 +3,16 @@
 Plain torch with full-batch L-BFGS (no scikit-learn needed). The regularization strength
 is chosen on a validation split carved from the training data, then the classifier is
 refit on train + validation with that strength and scored once on the test split.
+
+With a `prior` (weights W0, e.g. the zero-shot classifier) the penalty is on W - W0 and
+on the bias instead of on W, and the fit starts from W0: a strong penalty keeps the
+zero-shot classifier, a weak one lets the labelled examples move it (`wit-eval fewshot
+--zeroshot-prior`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -20,10 +26,23 @@ DEFAULT_L2_GRID = tuple(10.0**e for e in range(-6, 3))  # 1e-6 ... 1e2
 
 
 def logistic_objective(
-    W: torch.Tensor, b: torch.Tensor, X: torch.Tensor, y: torch.Tensor, l2: float
+    W: torch.Tensor,
+    b: torch.Tensor,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    l2: float,
+    prior: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy plus `l2 / 2 * ||W||^2` (the bias is not penalized)."""
-    return F.cross_entropy(X @ W + b, y) + 0.5 * l2 * (W * W).sum()
+    """Mean cross-entropy plus `l2 / 2 * ||W||^2`; the bias is not penalized.
+
+    With a `prior` W0 the penalty is `l2 / 2 * (||W - W0||^2 + ||b||^2)`: the pull is toward
+    the classifier (W0, 0), so a strong penalty gives back W0 itself, not W0 with a bias
+    fitted to a handful of examples.
+    """
+    if prior is None:
+        return F.cross_entropy(X @ W + b, y) + 0.5 * l2 * (W * W).sum()
+    d = W - prior
+    return F.cross_entropy(X @ W + b, y) + 0.5 * l2 * ((d * d).sum() + (b * b).sum())
 
 
 def fit_logistic_regression(
@@ -33,15 +52,24 @@ def fit_logistic_regression(
     l2: float,
     max_iter: int = 500,
     tol: float = 1e-8,
+    prior: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights [D, C] and bias [C] minimizing `logistic_objective`, in float64 for stability.
 
-    The objective is strictly convex for l2 > 0, so the starting point (zeros) only
-    affects speed, and the result is deterministic.
+    The objective is strictly convex for l2 > 0, so the starting point (zeros, or `prior`
+    when given) only affects speed, and the result is deterministic.
     """
     X, y = X.double(), y.long()
-    W = torch.zeros(X.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    if prior is not None:
+        prior = prior.detach().double()
+        if prior.shape != (X.shape[1], num_classes):
+            raise ValueError(f"prior {tuple(prior.shape)} is not [{X.shape[1]}, {num_classes}]")
+    W = (
+        prior.clone(memory_format=torch.contiguous_format)
+        if prior is not None
+        else torch.zeros(X.shape[1], num_classes, dtype=torch.float64)
+    )
+    b = torch.zeros(num_classes, dtype=torch.float64)
     opt = torch.optim.LBFGS(
         [W, b],
         lr=1.0,
@@ -51,47 +79,64 @@ def fit_logistic_regression(
         history_size=20,
         line_search_fn="strong_wolfe",
     )
+    rows = torch.arange(len(y))
+    onehot = torch.zeros(len(y), num_classes, dtype=torch.float64)
+    onehot[rows, y] = 1.0
 
     def closure():
-        opt.zero_grad()
-        loss = logistic_objective(W, b, X, y, l2)
-        loss.backward()
+        # The gradient in closed form (softmax minus one-hot): on the small problems of a
+        # few-shot sweep, autograd's bookkeeping would cost more than the arithmetic.
+        Z = torch.addmm(b, X, W)
+        lse = torch.logsumexp(Z, dim=1)
+        d = W if prior is None else W - prior
+        loss = (lse - Z[rows, y]).mean() + 0.5 * l2 * (d * d).sum()
+        G = (torch.exp(Z - lse[:, None]) - onehot) / len(y)
+        W.grad = X.T @ G + l2 * d
+        b.grad = G.sum(dim=0)
+        if prior is not None:
+            loss = loss + 0.5 * l2 * (b * b).sum()
+            b.grad += l2 * b
         return loss
 
-    # Small problems run single-threaded: on a busy machine the thread hand-offs of each
-    # tiny L-BFGS step cost far more than the arithmetic.
+    with small_problem_threads(X.numel() * num_classes), torch.no_grad():
+        opt.step(closure)
+    return W, b
+
+
+@contextlib.contextmanager
+def small_problem_threads(size: int, limit: int = 5_000_000):
+    """Run small problems single-threaded: on a busy machine the thread hand-offs of each
+    tiny L-BFGS step cost far more than the arithmetic."""
     threads = torch.get_num_threads()
-    if X.numel() * num_classes < 5_000_000:
+    if size < limit:
         torch.set_num_threads(1)
     try:
-        with torch.enable_grad():
-            opt.step(closure)
+        yield
     finally:
         torch.set_num_threads(threads)
-    return W.detach(), b.detach()
 
 
 def predict_scores(W: torch.Tensor, b: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     return X.double() @ W + b
 
 
-def choose_l2(
+def sweep_l2(
     X_train: torch.Tensor,
     y_train: torch.Tensor,
     X_val: torch.Tensor,
     y_val: torch.Tensor,
     num_classes: int,
     grid: Sequence[float] = DEFAULT_L2_GRID,
-) -> tuple[float, list[dict]]:
-    """The strength with the best validation top-1 (ties go to the stronger one), and the sweep.
-
-    After the coarse grid, the two half-decade neighbours of the best value are tried too.
-    """
+    prior: torch.Tensor | None = None,
+) -> tuple[float, list[dict], tuple[torch.Tensor, torch.Tensor]]:
+    """`choose_l2`, also returning the weights fitted on the training part at the best strength."""
     tried: dict[float, float] = {}
+    fits: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def score(l2: float) -> float:
         if l2 not in tried:
-            W, b = fit_logistic_regression(X_train, y_train, num_classes, l2)
+            W, b = fit_logistic_regression(X_train, y_train, num_classes, l2, prior=prior)
+            fits[l2] = (W, b)
             pred = predict_scores(W, b, X_val).argmax(dim=1)
             tried[l2] = (pred == y_val).double().mean().item()
         return tried[l2]
@@ -103,6 +148,24 @@ def choose_l2(
         score(l2)
     best = max(tried, key=lambda l2: (tried[l2], l2))
     sweep = [{"l2": l2, "val_top1": acc} for l2, acc in sorted(tried.items())]
+    return best, sweep, fits[best]
+
+
+def choose_l2(
+    X_train: torch.Tensor,
+    y_train: torch.Tensor,
+    X_val: torch.Tensor,
+    y_val: torch.Tensor,
+    num_classes: int,
+    grid: Sequence[float] = DEFAULT_L2_GRID,
+    prior: torch.Tensor | None = None,
+) -> tuple[float, list[dict]]:
+    """The strength with the best validation top-1 (ties go to the stronger one), and the sweep.
+
+    After the coarse grid, the two half-decade neighbours of the best value are tried too.
+    With `prior`, each fit is pulled toward it (see `fit_logistic_regression`).
+    """
+    best, sweep, _ = sweep_l2(X_train, y_train, X_val, y_val, num_classes, grid, prior)
     return best, sweep
 
 
