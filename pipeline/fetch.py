@@ -1,13 +1,20 @@
 """Fetching image bytes politely and safely: the network half of `FetchAndWriteShards`.
 
 One `Fetcher` per worker process serves many threads. For every URL it
-- checks the host with the address guard at every redirect hop and connects to the
-  address it checked (`pipeline.guard`);
-- honours robots.txt (fetched once per origin and cached) and `X-Robots-Tag`;
+- resolves the host through a per-worker DNS cache with TTL and negative caching
+  (`pipeline.dnscache`), checks every address with the address guard at every redirect hop,
+  and connects to a checked address, falling back to the host's other checked addresses
+  when a connection fails (`pipeline.guard`);
+- honours robots.txt by RFC 9309 (`pipeline.robots`: fetched once per origin, cached 24 h)
+  and `X-Robots-Tag`;
 - limits concurrent requests per host, retries transient failures with exponential
   backoff and honours `Retry-After` up to a bound;
-- streams the body under a byte limit and a total deadline, and insists on `image/*`
-  (on HTML for `purpose="page"`, which the page crawler in `pipeline.crawl` uses).
+- streams the body under a byte limit, and insists on `image/*` (on HTML for
+  `purpose="page"`, which the page crawler in `pipeline.crawl` uses);
+- holds `total_timeout` as a true wall-clock bound on the whole URL: DNS, the wait for a
+  host slot, connect, TLS, headers, body, retries and redirects. A watchdog thread shuts
+  down the socket of a fetch that passes its deadline, so a server that drips bytes, or
+  stalls a TLS handshake, cannot hold a thread longer than that.
 
 The outcome is a `FetchResult` whose `status` is None on success, or one of the final
 statuses `fetch_failed`, `opted_out`, `blocked_address` with a short `reason`.
@@ -17,17 +24,21 @@ See docs/operations.md for the opt-out policy.
 from __future__ import annotations
 
 import email.utils
+import heapq
+import itertools
+import os
 import random
+import socket
 import threading
 import time
-import urllib.robotparser
-from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 import requests
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
+from pipeline.dnscache import CachingResolver
 from pipeline.guard import (
     PINNED_ATTR,
     AddressGuard,
@@ -36,6 +47,7 @@ from pipeline.guard import (
     Resolver,
     system_resolver,
 )
+from pipeline.robots import ROBOTS_MAX_BYTES, RobotsCache, RobotsRules  # noqa: F401 - re-exported
 from pipeline.schema import BLOCKED_ADDRESS, FETCH_FAILED, OPTED_OUT
 
 #: The robots.txt product token; rules for it (or for `*`) apply to us.
@@ -51,7 +63,6 @@ _VALUED_DIRECTIVES = frozenset(
 )
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 RETRY_CODES = frozenset({429, 500, 502, 503, 504})
-ROBOTS_MAX_BYTES = 512 * 1024
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 
 
@@ -61,6 +72,10 @@ class FetchOptions:
 
     `threads` and `per_host_connections` are per worker process; how many processes run
     is the Beam runner's choice (`--direct_num_workers` locally).
+
+    `total_timeout` is a wall-clock bound on one URL, everything included (DNS, waiting
+    for a host slot, connect, TLS, body, retries, redirects, robots.txt); `connect_timeout`
+    and `read_timeout` bound a single connect (or lookup) and a single read within it.
     """
 
     connect_timeout: float = 10.0
@@ -87,6 +102,10 @@ class FetchOptions:
     encode_format: str = "jpg"
     encode_quality: int = 95
     shard_size: int = 10000
+    dns_ttl: float = 300.0  # seconds a resolved name is reused by a worker
+    dns_negative_ttl: float = 60.0  # seconds "no such name" is remembered
+    robots_ttl: float = 24 * 3600.0  # seconds a robots.txt is reused (RFC 9309 2.4)
+    robots_error_ttl: float = 300.0  # seconds an unreachable robots.txt disallows all
 
     def __post_init__(self):
         if self.shard_size < 1:
@@ -95,6 +114,8 @@ class FetchOptions:
             raise ValueError("threads and per_host_connections must be at least 1")
         if self.max_redirects < 0 or self.retries < 0:
             raise ValueError("max_redirects and retries cannot be negative")
+        if not self.total_timeout > 0:
+            raise ValueError(f"total_timeout must be positive, got {self.total_timeout}")
 
 
 #: Network failures worth retrying, while connecting and while reading the body alike.
@@ -196,6 +217,10 @@ def backoff_delay(attempt: int, options: FetchOptions, retry_after: float | None
     return max(delay, retry_after or 0.0)
 
 
+class HostBusy(TimeoutError):
+    """No connection slot for the host came free in time."""
+
+
 class HostLimiter:
     """One semaphore per host, created on demand and dropped when nobody holds it."""
 
@@ -205,119 +230,251 @@ class HostLimiter:
         self._hosts: dict[str, list] = {}
 
     @contextmanager
-    def hold(self, host: str):
+    def hold(self, host: str, timeout: float | None = None):
+        """Hold one of host's slots; `HostBusy` if none frees up within `timeout` seconds."""
         with self._lock:
             entry = self._hosts.setdefault(host, [threading.Semaphore(self.limit), 0])
             entry[1] += 1
-        entry[0].acquire()
+        acquired = False
         try:
+            acquired = entry[0].acquire(timeout=None if timeout is None else max(timeout, 0))
+            if not acquired:
+                raise HostBusy(f"no free connection slot for {host}")
             yield
         finally:
-            entry[0].release()
+            if acquired:
+                entry[0].release()
             with self._lock:
                 entry[1] -= 1
                 if entry[1] == 0:
                     del self._hosts[host]
 
 
-class RobotsCache:
-    """robots.txt per origin, fetched once (even under concurrency) and kept LRU.
+# --- the wall-clock deadline -----------------------------------------------------------
+# Socket timeouts bound each connect and each read, not their sum: a server that sends a
+# byte a second never trips a 20 s read timeout. So each fetch runs in a `_Scope` with an
+# absolute deadline; the pinned connection pools report every connection they hand to the
+# fetch's thread (`on_checkout`), and one watchdog thread per process shuts down the
+# sockets of scopes that pass their deadline. The blocked read or TLS handshake then fails
+# at once, and the fetch ends with reason `deadline`.
 
-    Policy (RFC 9309, stricter where it is unclear): 2xx is parsed; 401/403 disallow
-    everything; other 4xx allow everything; 5xx or an unreachable server disallow
-    everything and give `fetch_failed` (the site did not opt out, we could not tell).
+
+def _shutdown_socket(conn) -> None:
+    """Shut down a socket, or the socket a connection holds now (None between requests)."""
+    sock = conn if isinstance(conn, socket.socket) else getattr(conn, "sock", None)
+    if sock is None:
+        return
+    try:  # the plain socket's shutdown, also for an SSLSocket (it leaves the TLS state alone)
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except (OSError, ValueError):
+        pass
+
+
+def _response_socket(response) -> socket.socket | None:
+    """The socket a streamed response reads its body from.
+
+    http.client hands a `Connection: close` socket over to the response (the connection's
+    `sock` becomes None), so the body phase needs the socket itself:
+    requests Response -> urllib3 HTTPResponse -> http.client HTTPResponse -> buffered
+    reader -> SocketIO -> socket (an SSLSocket for https).
     """
+    fp = getattr(getattr(response, "raw", None), "_fp", None)
+    raw = getattr(getattr(fp, "fp", None), "raw", None)
+    sock = getattr(raw, "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
-    def __init__(self, fetcher: Fetcher, max_origins: int = 50_000):
-        self._fetcher = fetcher
-        self._max = max_origins
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[str, list] = OrderedDict()
 
-    def verdict(self, url: str) -> tuple[str | None, str | None]:
-        """(None, None) if url may be fetched, else (status, reason)."""
-        parts = urlsplit(url)
-        origin = f"{parts.scheme}://{parts.netloc.lower()}"
-        with self._lock:
-            entry = self._entries.get(origin)
-            owner = entry is None
-            if owner:
-                entry = [threading.Event(), None]
-                self._entries[origin] = entry
-                while len(self._entries) > self._max:
-                    self._entries.popitem(last=False)
-            else:
-                self._entries.move_to_end(origin)
-        if owner:
-            try:
-                entry[1] = self._load(origin)
-            except Exception as err:  # never let one odd robots.txt read as an opt-out
-                entry[1] = (FETCH_FAILED, f"robots_error {type(err).__name__}")
-            finally:
-                entry[0].set()
-        else:
-            entry[0].wait()
-        rules = entry[1]
-        if isinstance(rules, tuple):
-            return rules
-        if rules is None or not rules.can_fetch(self._fetcher.options.user_agent, url):
-            return OPTED_OUT, "robots.txt"
-        return None, None
+class _Scope:
+    """One fetch's deadline and the connections (or sockets) it is using right now."""
 
-    def crawl_delay(self, url: str) -> float | None:
-        """The Crawl-delay robots.txt asks of us for url's origin, once its rules are loaded."""
-        parts = urlsplit(url)
-        with self._lock:
-            entry = self._entries.get(f"{parts.scheme}://{parts.netloc.lower()}")
-        if entry is None or not entry[0].is_set() or isinstance(entry[1], tuple):
-            return None
-        rules = entry[1]
-        delay = rules.crawl_delay(self._fetcher.options.user_agent) if rules else None
-        return float(delay) if delay is not None else None
+    __slots__ = ("deadline", "external", "conns", "expired", "finished", "lock")
 
-    def _load(self, origin: str):
-        result = self._fetcher.get(origin + "/robots.txt", purpose="robots")
-        if result.status == BLOCKED_ADDRESS:
-            return (BLOCKED_ADDRESS, result.reason)
-        parser = urllib.robotparser.RobotFileParser()
-        code = result.http_code or 0
-        if result.ok:
-            text = (result.data or b"").decode("utf-8", errors="replace")
-            parser.parse(text.splitlines())
-        elif code in (401, 403):
-            parser.disallow_all = True
-        elif 400 <= code < 500:
-            parser.allow_all = True
-        else:
-            return (FETCH_FAILED, f"robots_unreachable {result.reason}")
-        return parser
+    def __init__(self, deadline: float, external: float | None):
+        self.deadline = deadline
+        self.external = external  # a deadline the caller imposed, inherited by robots.txt
+        self.conns: list = []
+        self.expired = False
+        self.finished = False
+        self.lock = threading.Lock()
+
+    def attach(self, conn) -> None:
+        with self.lock:
+            if self.finished:
+                return
+            self.conns.append(conn)
+            if self.expired:
+                _shutdown_socket(conn)
+
+    def release(self) -> None:
+        """Forget the connections: they go back to the pool and may serve other threads."""
+        with self.lock:
+            self.conns.clear()
+
+    def expire(self) -> None:
+        with self.lock:
+            if self.finished:
+                return
+            self.expired = True
+            for conn in self.conns:
+                _shutdown_socket(conn)
+
+    def finish(self) -> None:
+        with self.lock:
+            self.finished = True
+            self.conns.clear()
+
+
+class _Watchdog:
+    """A daemon thread that expires scopes at their deadline (and again every 50 ms while
+    they run on, since a connection may not have had its socket yet at the first call)."""
+
+    RECHECK = 0.05
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Scope]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, scope: _Scope) -> None:
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="fetch-deadline-watchdog", daemon=True
+                )
+                self._thread.start()
+            heapq.heappush(self._heap, (scope.deadline, next(self._seq), scope))
+            if self._heap[0][2] is scope:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    while self._heap and self._heap[0][2].finished:
+                        heapq.heappop(self._heap)
+                    if not self._heap:
+                        self._cond.wait()
+                        continue
+                    wait = self._heap[0][0] - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._cond.wait(wait)
+                _, _, scope = heapq.heappop(self._heap)
+            scope.expire()
+            if not scope.finished:
+                with self._cond:
+                    again = time.monotonic() + self.RECHECK
+                    heapq.heappush(self._heap, (again, next(self._seq), scope))
+
+
+_WATCHDOG = _Watchdog()
+
+
+def _new_watchdog_after_fork() -> None:
+    global _WATCHDOG
+    _WATCHDOG = _Watchdog()  # the parent's thread and lock do not survive a fork
+
+
+os.register_at_fork(after_in_child=_new_watchdog_after_fork)
+
+
+def _connect_failed(err: BaseException) -> bool:
+    """True when a requests error means the TCP connection was never made."""
+    if isinstance(err, requests.exceptions.SSLError):
+        return False
+    if isinstance(err, requests.exceptions.ConnectTimeout):
+        return True
+    if isinstance(err, requests.ConnectionError) and err.args:
+        reason = getattr(err.args[0], "reason", err.args[0])
+        return isinstance(reason, NewConnectionError | ConnectTimeoutError)
+    return False
 
 
 class Fetcher:
-    """Thread-safe image fetcher for one worker process."""
+    """Thread-safe image fetcher for one worker process.
+
+    `resolver` is wrapped in a `CachingResolver` shared by every thread of this fetcher
+    (`self.resolver`), so each host is looked up once per `dns_ttl`.
+    """
 
     def __init__(self, options: FetchOptions, resolver: Resolver = system_resolver):
         self.options = options
+        self._local = threading.local()
+        self.resolver = CachingResolver(
+            resolver,
+            ttl=options.dns_ttl,
+            negative_ttl=options.dns_negative_ttl,
+            timeout=options.connect_timeout,
+            remaining=self._remaining,
+            workers=max(4, min(32, options.threads // 2)),
+        )
         self.guard = AddressGuard(
             allow_private=options.allow_private_addresses,
             allowed_networks=options.allowed_networks,
-            resolver=resolver,
+            resolver=self.resolver,
         )
-        self.adapter = PinnedAddressAdapter(pool_maxsize=options.per_host_connections)
+        self.adapter = PinnedAddressAdapter(
+            pool_maxsize=options.per_host_connections, on_checkout=self._on_checkout
+        )
         self.limiter = HostLimiter(options.per_host_connections)
         self.robots = RobotsCache(self)
 
     def close(self) -> None:
         self.adapter.close()
+        self.resolver.close()
 
-    def fetch(self, url: str) -> FetchResult:
-        """Download one image URL; never raises for network or server misbehaviour."""
-        return self.get(url, purpose="image")
+    def fetch(self, url: str, deadline: float | None = None) -> FetchResult:
+        """Download one image URL; never raises for network or server misbehaviour.
 
-    def get(self, url: str, purpose: str = "image") -> FetchResult:
-        """Follow redirects by hand so that every hop passes the guard (and robots)."""
+        It returns within `total_timeout` (plus a fraction of a second), or by `deadline`
+        (a `time.monotonic()` value, e.g. a shard's cut-off) when that comes first.
+        """
+        return self.get(url, purpose="image", deadline=deadline)
+
+    # -- deadline plumbing ------------------------------------------------------------------
+
+    def _scope(self) -> _Scope | None:
+        return getattr(self._local, "scope", None)
+
+    def _remaining(self) -> float | None:
+        scope = self._scope()
+        return None if scope is None else scope.deadline - time.monotonic()
+
+    def _on_checkout(self, conn) -> None:
+        scope = self._scope()
+        if scope is not None:
+            scope.attach(conn)
+
+    @contextmanager
+    def _deadline(self, deadline: float | None):
+        """Run the body under a wall-clock deadline of total_timeout (or `deadline`)."""
+        outer = self._scope()
+        external = deadline if deadline is not None else (outer.external if outer else None)
+        limit = time.monotonic() + self.options.total_timeout
+        scope = _Scope(limit if external is None else min(limit, external), external)
+        self._local.scope = scope
+        _WATCHDOG.watch(scope)
+        try:
+            yield scope
+        finally:
+            scope.finish()
+            self._local.scope = outer
+
+    # -- fetching ---------------------------------------------------------------------------
+
+    def get(self, url: str, purpose: str = "image", deadline: float | None = None) -> FetchResult:
+        """Follow redirects by hand so that every hop passes the guard (and robots).
+
+        A nested call (robots.txt, fetched on the way to an image) gets its own
+        total_timeout, bounded only by a `deadline` the outer caller passed.
+        """
+        with self._deadline(deadline) as scope:
+            return self._get(url, purpose, scope)
+
+    def _get(self, url: str, purpose: str, scope: _Scope) -> FetchResult:
         opts = self.options
-        deadline = time.monotonic() + opts.total_timeout
+        deadline = scope.deadline
         current = url
         for hop in range(opts.max_redirects + 1):
             parts = urlsplit(current)
@@ -334,14 +491,17 @@ class Fetcher:
                 return FetchResult(url, FETCH_FAILED, f"bad_url {type(err).__name__}")
             decision = self.guard.check(host, port)
             if not decision.allowed:
+                ran_out = time.monotonic() >= deadline  # the lookup ran out of our time
+                if ran_out and (decision.reason or "").startswith("dns "):
+                    return FetchResult(url, FETCH_FAILED, "deadline dns", redirects=hop)
                 return FetchResult(url, decision.status, decision.reason, redirects=hop)
             if purpose in ("image", "page"):
-                status, reason = self.robots.verdict(prepared.url)
+                status, reason = self.robots.verdict(prepared.url, deadline=deadline)
                 if status:
                     return FetchResult(url, status, reason, redirects=hop)
-            setattr(prepared, PINNED_ATTR, decision.address)
+            addresses = decision.addresses or (decision.address,)
             try:
-                reply = self._with_retries(prepared, host, purpose, deadline)
+                reply = self._with_retries(prepared, host, addresses, purpose, deadline)
             except _Final as final:
                 return FetchResult(url, final.status, final.reason, redirects=hop)
             if reply.code in REDIRECT_CODES and reply.headers.get("location"):
@@ -366,13 +526,17 @@ class Fetcher:
         }.get(purpose, "text/plain")
         return {"User-Agent": self.options.user_agent, "Accept": accept}
 
-    def _with_retries(self, prepared, host: str, purpose: str, deadline: float) -> _Reply:
+    def _with_retries(
+        self, prepared, host: str, addresses, purpose: str, deadline: float
+    ) -> _Reply:
         opts = self.options
         last = "unknown"
         for attempt in range(opts.retries + 1):
             try:
-                with self.limiter.hold(host):
-                    return self._attempt(prepared, purpose, deadline)
+                with self.limiter.hold(host, timeout=deadline - time.monotonic()):
+                    return self._attempt_addresses(prepared, host, addresses, purpose, deadline)
+            except HostBusy:
+                raise _Final(FETCH_FAILED, "deadline host_queue") from None
             except _Retry as retry:
                 last = retry.reason
                 if retry.retry_after is not None and retry.retry_after > opts.max_retry_after:
@@ -387,6 +551,21 @@ class Fetcher:
                 time.sleep(delay)
         raise _Final(FETCH_FAILED, last)
 
+    def _attempt_addresses(
+        self, prepared, host: str, addresses, purpose: str, deadline: float
+    ) -> _Reply:
+        """One attempt, on the first checked address that accepts a connection."""
+        for i, address in enumerate(addresses):
+            setattr(prepared, PINNED_ATTR, address)
+            try:
+                return self._attempt(prepared, purpose, deadline)
+            except _ConnectFailed as failed:
+                if len(addresses) > 1:
+                    self.resolver.demote(host, address)  # try it last next time
+                if i == len(addresses) - 1:
+                    raise _Retry(failed.reason) from None
+        raise _Final(FETCH_FAILED, "dns no_address")
+
     def _attempt(self, prepared, purpose: str, deadline: float) -> _Reply:
         """One request; raises _Retry for transient trouble and _Final for the rest."""
         opts = self.options
@@ -394,33 +573,54 @@ class Fetcher:
         if remaining <= 0:
             raise _Final(FETCH_FAILED, "deadline")
         timeout = (min(opts.connect_timeout, remaining), min(opts.read_timeout, remaining))
+        scope = self._scope()
         try:
-            response = self.adapter.send(
-                prepared, stream=True, timeout=timeout, verify=opts.ca_bundle or True
-            )
-        except BlockedAddress as err:
-            raise _Final(BLOCKED_ADDRESS, str(err)) from err
-        except requests.exceptions.SSLError as err:  # retrying will not fix a certificate
-            raise _Final(FETCH_FAILED, type(err).__name__) from err
-        except TRANSIENT_ERRORS as err:
-            raise _Retry(type(err).__name__) from err
-        except (requests.RequestException, OSError, ValueError) as err:
-            raise _Final(FETCH_FAILED, type(err).__name__) from err
-        with response:
-            headers = {k.lower(): v for k, v in response.headers.items()}
-            code = response.status_code
-            if code in RETRY_CODES:
-                raise _Retry(f"http_{code}", retry_after_seconds(headers.get("retry-after")))
-            if code != 200:
-                return _Reply(code, headers)
-            limit = {"image": opts.max_bytes, "page": opts.max_page_bytes}.get(
-                purpose, ROBOTS_MAX_BYTES
-            )
-            if purpose == "image":
-                self._check_image_headers(headers, limit)
-            elif purpose == "page":
-                self._check_page_headers(headers, limit)
-            return _Reply(code, headers, self._read_body(response, limit, purpose, deadline))
+            try:
+                response = self.adapter.send(
+                    prepared, stream=True, timeout=timeout, verify=opts.ca_bundle or True
+                )
+            except BlockedAddress as err:
+                raise _Final(BLOCKED_ADDRESS, str(err)) from err
+            except (requests.RequestException, OSError, ValueError) as err:
+                if time.monotonic() >= deadline:
+                    raise _Final(FETCH_FAILED, "deadline") from err
+                if _connect_failed(err):
+                    raise _ConnectFailed(type(err).__name__) from err
+                if isinstance(err, requests.exceptions.SSLError):  # a retry will not fix it
+                    raise _Final(FETCH_FAILED, type(err).__name__) from err
+                if isinstance(err, TRANSIENT_ERRORS):
+                    raise _Retry(type(err).__name__) from err
+                raise _Final(FETCH_FAILED, type(err).__name__) from err
+            if scope is not None:
+                sock = _response_socket(response)
+                if sock is not None:
+                    scope.attach(sock)
+            with response:
+                try:
+                    return self._reply(response, purpose, deadline)
+                finally:
+                    if scope is not None:
+                        scope.release()  # before the connection goes back to the pool
+        finally:
+            if scope is not None:
+                scope.release()
+
+    def _reply(self, response, purpose: str, deadline: float) -> _Reply:
+        opts = self.options
+        headers = {k.lower(): v for k, v in response.headers.items()}
+        code = response.status_code
+        if code in RETRY_CODES:
+            raise _Retry(f"http_{code}", retry_after_seconds(headers.get("retry-after")))
+        if code != 200:
+            return _Reply(code, headers)
+        limit = {"image": opts.max_bytes, "page": opts.max_page_bytes}.get(
+            purpose, ROBOTS_MAX_BYTES
+        )
+        if purpose == "image":
+            self._check_image_headers(headers, limit)
+        elif purpose == "page":
+            self._check_page_headers(headers, limit)
+        return _Reply(code, headers, self._read_body(response, limit, purpose, deadline))
 
     @staticmethod
     def _check_image_headers(headers: dict, limit: int) -> None:
@@ -460,13 +660,25 @@ class Fetcher:
                         break
                     raise _Final(FETCH_FAILED, f"too_large >{limit} bytes")
                 chunks.append(chunk)
-                if time.monotonic() > deadline:
+                if time.monotonic() >= deadline:
                     raise _Final(FETCH_FAILED, "deadline")
-        except TRANSIENT_ERRORS as err:
-            raise _Retry(type(err).__name__) from err
-        except requests.RequestException as err:
+        except (requests.RequestException, OSError) as err:
+            if time.monotonic() >= deadline:  # the watchdog cut the connection
+                raise _Final(FETCH_FAILED, "deadline") from err
+            if isinstance(err, TRANSIENT_ERRORS):
+                raise _Retry(type(err).__name__) from err
             raise _Final(FETCH_FAILED, type(err).__name__) from err
+        if time.monotonic() >= deadline:  # a body without Content-Length, cut at the deadline
+            raise _Final(FETCH_FAILED, "deadline")
         return b"".join(chunks)
+
+
+class _ConnectFailed(Exception):
+    """No TCP connection to one address; the next checked address may do better."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 class _Final(Exception):

@@ -27,6 +27,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util import connection as urllib3_connection
 
+from pipeline.dnscache import dns_reason
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 #: (host, port) -> addresses as strings, in the resolver's preference order.
@@ -67,15 +69,18 @@ class BlockedAddress(Exception):
 class GuardDecision:
     """The outcome for one host.
 
-    `address` is the address to connect to when `allowed`; otherwise `status` says which
-    final status the candidate gets (`blocked_address`, or `fetch_failed` when the name
-    does not resolve) and `reason` says why.
+    `address` is the address to connect to when `allowed`, and `addresses` every checked
+    address in the resolver's order (the first is `address`; the fetcher falls back to the
+    others when a connection fails); otherwise `status` says which final status the
+    candidate gets (`blocked_address`, or `fetch_failed` when the name does not resolve)
+    and `reason` says why.
     """
 
     allowed: bool
     address: str | None
     status: str | None
     reason: str | None
+    addresses: tuple[str, ...] = ()
 
 
 def system_resolver(host: str, port: int) -> list[str]:
@@ -165,6 +170,8 @@ def classify_address(ip: IPAddress) -> str | None:
         return "loopback"
     if ip.is_link_local:
         return "link_local"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
+        return "site_local"  # fec0::/10: deprecated (RFC 3879), yet is_global says True
     if ip.is_multicast:
         return "multicast"
     if isinstance(ip, ipaddress.IPv6Address):
@@ -231,7 +238,7 @@ class AddressGuard:
                 resolved = self.resolver(name, port)
                 addresses = [ipaddress.ip_address(a) for a in resolved]
             except (OSError, UnicodeError, ValueError) as err:
-                return GuardDecision(False, None, "fetch_failed", f"dns {type(err).__name__}")
+                return GuardDecision(False, None, "fetch_failed", f"dns {dns_reason(err)}")
             if not addresses:
                 return GuardDecision(False, None, "fetch_failed", "dns no_address")
         # Refuse if any answer is forbidden: a name that mixes public and private answers
@@ -240,7 +247,8 @@ class AddressGuard:
             refusal = self._refusal(ip)
             if refusal:
                 return GuardDecision(False, None, "blocked_address", refusal)
-        return GuardDecision(True, str(addresses[0]), None, None)
+        checked = tuple(dict.fromkeys(str(ip) for ip in addresses))
+        return GuardDecision(True, checked[0], None, None, checked)
 
 
 # --- Connecting to the checked address -------------------------------------------------
@@ -286,11 +294,24 @@ class PinnedHTTPSConnection(_PinnedConnectionMixin, HTTPSConnection):
     pass
 
 
-class PinnedHTTPConnectionPool(HTTPConnectionPool):
+class _CheckoutHookMixin:
+    """Calls `on_checkout(conn)` for every connection handed to a request, new or reused,
+    in the requesting thread (the fetcher uses it to enforce its wall-clock deadline)."""
+
+    on_checkout: Callable[[Any], None] | None = None
+
+    def _get_conn(self, timeout=None):
+        conn = super()._get_conn(timeout)
+        if self.on_checkout is not None:
+            self.on_checkout(conn)
+        return conn
+
+
+class PinnedHTTPConnectionPool(_CheckoutHookMixin, HTTPConnectionPool):
     ConnectionCls = PinnedHTTPConnection
 
 
-class PinnedHTTPSConnectionPool(HTTPSConnectionPool):
+class PinnedHTTPSConnectionPool(_CheckoutHookMixin, HTTPSConnectionPool):
     ConnectionCls = PinnedHTTPSConnection
 
 
@@ -301,9 +322,15 @@ class PinnedAddressAdapter(HTTPAdapter):
     Proxies are not supported (a proxy would resolve the name itself).
     """
 
-    def __init__(self, pool_maxsize: int = 8, max_pools: int = 256):
+    def __init__(
+        self,
+        pool_maxsize: int = 8,
+        max_pools: int = 256,
+        on_checkout: Callable[[Any], None] | None = None,
+    ):
         super().__init__(pool_maxsize=pool_maxsize, max_retries=0)
         self._pool_maxsize = pool_maxsize
+        self._on_checkout = on_checkout
         self._pools: RecentlyUsedContainer = RecentlyUsedContainer(
             max_pools, dispose_func=lambda pool: pool.close()
         )
@@ -335,6 +362,7 @@ class PinnedAddressAdapter(HTTPAdapter):
             )
         else:
             raise BlockedAddress(f"unsupported scheme {scheme!r}")
+        pool.on_checkout = self._on_checkout
         self._pools[key] = pool
         return pool
 

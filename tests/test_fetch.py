@@ -6,6 +6,7 @@ loopback without `allow_private_addresses` and the server must never see the req
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import ipaddress
@@ -21,7 +22,6 @@ from pipeline.fetch import (
     FetchOptions,
     FetchResult,
     HostLimiter,
-    RobotsCache,
     _Final,
     backoff_delay,
     retry_after_seconds,
@@ -251,42 +251,6 @@ def test_robots_fetched_once_per_host_under_concurrency(web, flickr_dir):
     assert sum(web.hits(f"/images/{n}") for n in names) == len(names)
 
 
-class _StubFetcher:
-    """Answers robots.txt requests with a fixed result, counting them."""
-
-    def __init__(self, result: FetchResult):
-        self.options = FetchOptions()
-        self.result = result
-        self.calls = 0
-
-    def get(self, url, purpose):
-        self.calls += 1
-        return self.result
-
-
-@pytest.mark.parametrize(
-    ("result", "verdict"),
-    [
-        (FetchResult("r", data=b"User-agent: *\nDisallow: /a/\n"), ("opted_out", "robots.txt")),
-        (FetchResult("r", data=b"User-agent: wit-builder\nDisallow: /\n"), ("opted_out", None)),
-        (FetchResult("r", data=b"User-agent: otherbot\nDisallow: /\n"), (None, None)),
-        (FetchResult("r", "fetch_failed", "http_401", http_code=401), ("opted_out", None)),
-        (FetchResult("r", "fetch_failed", "http_403", http_code=403), ("opted_out", None)),
-        (FetchResult("r", "fetch_failed", "http_404", http_code=404), (None, None)),
-        (FetchResult("r", "fetch_failed", "http_503", http_code=503), ("fetch_failed", None)),
-        (FetchResult("r", "fetch_failed", "ConnectTimeout"), ("fetch_failed", None)),
-        (FetchResult("r", "blocked_address", "loopback 127.0.0.1"), ("blocked_address", None)),
-    ],
-)
-def test_robots_policy(result, verdict):
-    stub = _StubFetcher(result)
-    cache = RobotsCache(stub)
-    status, _reason = cache.verdict("http://site.example/a/cat.jpg")
-    assert status == verdict[0]
-    cache.verdict("http://site.example/b/dog.jpg")
-    assert stub.calls == 1
-
-
 def test_user_agent_names_project_and_docs(web, flickr_dir):
     web.reset_hits()
     Fetcher(options()).fetch(web.url(f"/images/{first_photo(flickr_dir)}"))
@@ -354,7 +318,7 @@ def test_connects_to_the_checked_address_without_a_second_lookup(web, flickr_dir
     assert result.ok, result
     assert result.data == (flickr_dir / name).read_bytes()
     assert lookups == []  # the system resolver was never asked
-    assert answers == ["images.fixture.test", "images.fixture.test"]  # robots.txt + image
+    assert answers == ["images.fixture.test"]  # robots.txt and image: one cached lookup
 
 
 # --- resizing --------------------------------------------------------------------------------
@@ -381,6 +345,212 @@ def test_resizer_matches_img2dataset_on_real_photos(flickr_dir):
         assert (got.data, got.width, got.height) == (data, width, height) == (data, 128, 128)
         assert (got.original_width, got.original_height) == (ow, oh)
         assert got.sha256 == hashlib.sha256(raw).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def synthetic_images() -> dict[str, bytes]:
+    """Odd shapes and kinds: gray, alpha, tiny (upscaled), wide, 16-bit-free PNG, WebP."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    out = {}
+
+    def save(name, img, fmt, **kw):
+        buf = io.BytesIO()
+        img.save(buf, format=fmt, **kw)
+        out[name] = buf.getvalue()
+
+    photo = Image.fromarray(rng.integers(0, 255, (300, 420, 3), dtype=np.uint8))
+    save("rgb.jpg", photo, "JPEG", quality=90)
+    save("gray.jpg", photo.convert("L"), "JPEG")
+    save("small.png", photo.resize((90, 60)), "PNG")
+    save("wide.jpg", photo.resize((800, 130)), "JPEG")
+    save("tall.png", photo.resize((120, 700)), "PNG")
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(Image.fromarray(rng.integers(0, 255, (300, 420), dtype=np.uint8)))
+    save("alpha.png", rgba, "PNG")
+    save("gray-alpha.png", photo.convert("LA"), "PNG")
+    save("palette.png", photo.convert("P"), "PNG")
+    save("photo.webp", photo, "WEBP", quality=80)
+    save("exact.jpg", photo.resize((256, 256)), "JPEG")
+    return out
+
+
+@pytest.mark.parametrize(
+    "mode", ["keep_ratio", "center_crop", "border", "keep_ratio_largest", "no"]
+)
+@pytest.mark.parametrize("only_if_bigger", [False, True])
+@pytest.mark.parametrize("fmt", ["jpg", "png", "webp"])
+def test_resizer_is_byte_identical_to_img2dataset_without_its_lock(mode, only_if_bigger, fmt):
+    """Our thread-safe path gives img2dataset's bytes in every mode, for odd images too
+    (the reduced decode is off here: it only ever applies to large JPEGs)."""
+    from img2dataset.resizer import Resizer
+
+    quality = 3 if fmt == "png" else 85
+    opts = FetchOptions(
+        image_size=256, resize_mode=mode, resize_only_if_bigger=only_if_bigger,
+        encode_format=fmt, encode_quality=quality, min_image_size=0, max_aspect_ratio=100,
+    )  # fmt: skip
+    ours = ImageResizer(opts, reduced_decode=False)
+    reference = Resizer(
+        image_size=256, resize_mode=mode, resize_only_if_bigger=only_if_bigger,
+        encode_format=fmt, encode_quality=quality, min_image_size=0, max_aspect_ratio=100,
+    )  # fmt: skip
+    for name, raw in synthetic_images().items():
+        data, width, height, ow, oh, err = reference(io.BytesIO(raw))
+        got = ours(raw)
+        assert err is None and got.ok, (name, err, got.reason)
+        assert (got.width, got.height, got.original_width, got.original_height) == (
+            width, height, ow, oh,
+        ), name  # fmt: skip
+        assert got.data == data, name
+
+
+def test_resizer_refusals_match_img2dataset():
+    opts = FetchOptions(min_image_size=100, max_aspect_ratio=3.0)
+    resizer = ImageResizer(opts)
+    images = synthetic_images()
+    assert resizer(images["small.png"]).reason == "too_small"
+    assert resizer(images["wide.jpg"]).reason == "aspect_ratio"
+    assert resizer(b"\xff\xd8\xff\xe0garbage").reason.startswith(("unreadable", "not_an"))
+
+
+@functools.lru_cache(maxsize=1)
+def big_jpegs() -> dict[str, bytes]:
+    """Large JPEGs made here (so the test never skips): a photo scaled up with fine
+    texture added, a 1-pixel checkerboard (the worst case for aliasing), and a photo
+    turned by EXIF orientation 6."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    out = {}
+    base = np.linspace(0, 255, 2400, dtype=np.float64)
+    photo = (base[None, :, None] * 0.6 + base[:1600, None, None] * 0.4).repeat(3, axis=2)
+    photo += rng.normal(0, 18, photo.shape)
+    img = Image.fromarray(photo.clip(0, 255).astype(np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=92)
+    out["texture"] = buf.getvalue()
+    checker = ((np.indices((1500, 2000)).sum(axis=0) % 2) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(checker).save(buf, format="JPEG", quality=95)
+    out["checker-gray"] = buf.getvalue()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=92, exif=exif.tobytes(), progressive=True)
+    out["rotated-progressive"] = buf.getvalue()
+    return out
+
+
+def wallpaper_jpegs(limit: int = 8) -> dict[str, bytes]:
+    """Real 4-15 MP photos from Debian's plasma-workspace-wallpapers, when installed."""
+    import glob
+    import os
+
+    found = sorted(
+        {os.path.realpath(p) for p in glob.glob("/usr/share/wallpapers/**/*.jpg", recursive=True)}
+    )
+    found = [p for p in found if os.path.getsize(p) > 200_000][:limit]
+    return {os.path.relpath(p, "/usr/share/wallpapers"): open(p, "rb").read() for p in found}
+
+
+def decoded(data: bytes):
+    import cv2
+    import numpy as np
+
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def assert_reduced_decode_quality(images: dict[str, bytes], mode: str) -> None:
+    """Reduced-size JPEG decode against a full decode: the fast path is taken, the sizes
+    are the same and the final pixels differ by PSNR >= 35 dB (PNG output, so the encoder
+    adds nothing)."""
+    from pipeline.resize import _inspect, psnr
+
+    opts = FetchOptions(image_size=256, resize_mode=mode, encode_format="png", encode_quality=1)
+    fast, full = ImageResizer(opts), ImageResizer(opts, reduced_decode=False)
+    for name, raw in images.items():
+        assert fast._reduction(_inspect(raw)) > 1, name
+        a, b = fast(raw), full(raw)
+        assert a.ok and b.ok, name
+        assert (a.width, a.height, a.original_width, a.original_height) == (
+            b.width,
+            b.height,
+            b.original_width,
+            b.original_height,
+        ), name
+        quality = psnr(decoded(a.data), decoded(b.data))
+        assert quality >= 35.0, (name, quality)
+
+
+@pytest.mark.parametrize("mode", ["keep_ratio", "center_crop", "border"])
+def test_reduced_decode_costs_little_quality(mode):
+    assert_reduced_decode_quality(big_jpegs(), mode)
+    rotated = ImageResizer(FetchOptions(image_size=256, resize_mode=mode))(
+        big_jpegs()["rotated-progressive"]
+    )
+    assert rotated.original_width == 1600 and rotated.original_height == 2400  # upright
+
+
+def test_reduced_decode_on_real_large_photos():
+    """Debian's plasma-workspace-wallpapers (4-15 MP JPEGs), when installed."""
+    images = wallpaper_jpegs(limit=24)
+    if not images:
+        pytest.skip("plasma-workspace-wallpapers is not installed (/usr/share/wallpapers)")
+    assert_reduced_decode_quality(
+        {k: v for k, v in images.items() if min(_size(v)) >= 4 * 256}, "keep_ratio"
+    )
+
+
+def _size(data: bytes) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return img.size
+
+
+def test_small_images_are_never_decoded_reduced(flickr_dir):
+    from pipeline.resize import _inspect
+
+    resizer = ImageResizer(FetchOptions(image_size=256))
+    for path in sorted(flickr_dir.glob("*.jpg"))[:50]:
+        assert resizer._reduction(_inspect(path.read_bytes())) == 1  # ~500x375: too small
+
+
+def test_resizing_runs_in_parallel_threads():
+    """No process-wide lock: two threads resize at once (OpenCV releases the GIL)."""
+    import pipeline.resize as resize_mod
+
+    assert not hasattr(resize_mod, "_RESIZE_LOCK")
+    resizer = ImageResizer(FetchOptions(image_size=256), reduced_decode=False)
+    raw = big_jpegs()["texture"]
+    active, peak, lock = [0], [0], threading.Lock()
+    real = resize_mod.cv2.imdecode
+
+    def watched(*args):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.05)
+            return real(*args)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    resize_mod.cv2.imdecode = watched
+    try:
+        threads = [threading.Thread(target=resizer, args=(raw,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        resize_mod.cv2.imdecode = real
+    assert peak[0] >= 2
 
 
 def test_truncation_check_has_no_false_positives_on_real_photos(flickr_dir):
@@ -489,3 +659,363 @@ def test_host_limiter_caps_concurrency_per_host_and_forgets_idle_hosts():
         t.join()
     assert 1 <= peak["a"] <= 2 and 1 <= peak["b"] <= 2
     assert limiter._hosts == {}  # no semaphore kept for hosts nobody is fetching from
+
+
+def test_host_limiter_gives_up_after_its_timeout():
+    limiter = HostLimiter(1)
+    with limiter.hold("a"):
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            with limiter.hold("a", timeout=0.2):
+                pass
+        assert 0.15 < time.monotonic() - start < 1.0
+    assert limiter._hosts == {}
+
+
+# --- a deadline that holds: wall clock, connect + TLS + headers + body -----------------------
+
+
+def timed_fetch(fetcher: Fetcher, url: str, **kwargs) -> tuple[FetchResult, float]:
+    start = time.monotonic()
+    result = fetcher.fetch(url, **kwargs)
+    return result, time.monotonic() - start
+
+
+def test_trickling_body_is_cut_at_the_deadline(web):
+    """16 pieces over 12 s: every read gets data, so only a wall-clock deadline stops it."""
+    fetcher = Fetcher(options(total_timeout=2.0, read_timeout=5.0, retries=2))
+    fetcher.robots.verdict(web.url("/x"))  # robots.txt fetched beforehand, as in a busy worker
+    result, seconds = timed_fetch(fetcher, web.url("/e/trickle.jpg?s=12"))
+    assert (result.status, result.reason) == ("fetch_failed", "deadline")
+    assert seconds <= 2.0 + 1.0, seconds
+    # robots.txt included: a fresh fetcher also loads it within the same bound
+    result, seconds = timed_fetch(
+        Fetcher(options(total_timeout=2.0, retries=2)), web.url("/e/trickle.jpg?s=12")
+    )
+    assert result.reason == "deadline" and seconds <= 3.0, seconds
+
+
+def test_a_trickle_within_the_deadline_is_kept(web):
+    result, seconds = timed_fetch(
+        Fetcher(options(total_timeout=5.0)), web.url("/e/trickle.jpg?s=0.8")
+    )
+    assert result.ok and result.data == payloads.jpeg()
+
+
+def test_a_callers_deadline_cuts_sooner(web):
+    fetcher = Fetcher(options(total_timeout=20.0))
+    result, seconds = timed_fetch(
+        fetcher, web.url("/e/trickle.jpg?s=12"), deadline=time.monotonic() + 0.7
+    )
+    assert result.reason == "deadline" and seconds <= 1.7, seconds
+    # a deadline that cut robots.txt short is not remembered as "robots.txt unreachable"
+    assert fetcher.fetch(web.url("/e/tiny.jpg")).ok
+
+
+class DripServer:
+    """A TCP server on 127.0.0.1 that answers every connection with `head`, then one byte
+    of `drip` every `every` seconds, for as long as the client stays."""
+
+    def __init__(self, head: bytes, drip: bytes = b"a", every: float = 0.1, read_first=True):
+        self.head, self.drip, self.every, self.read_first = head, drip, every, read_first
+        self.stop = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self):
+        self.sock.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def _serve(self, conn):
+        with conn:
+            try:
+                if self.read_first:
+                    conn.recv(65536)
+                conn.sendall(self.head)
+                while not self.stop.wait(self.every):
+                    conn.sendall(self.drip)
+            except OSError:
+                return
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+        for thread in self.threads:
+            thread.join(timeout=5)
+
+
+@pytest.fixture
+def drip():
+    servers = []
+
+    def make(*args, **kwargs):
+        servers.append(DripServer(*args, **kwargs))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def no_robots(fetcher: Fetcher) -> Fetcher:
+    """Skip robots.txt: these servers answer everything with the same drip."""
+    fetcher.robots.verdict = lambda url, deadline=None: (None, None)
+    return fetcher
+
+
+def test_dripping_headers_are_cut_at_the_deadline(drip):
+    server = drip(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nX-Slow: ")
+    fetcher = no_robots(Fetcher(options(total_timeout=1.0, read_timeout=5.0, retries=3)))
+    result, seconds = timed_fetch(fetcher, f"http://127.0.0.1:{server.port}/a.jpg")
+    assert (result.status, result.reason) == ("fetch_failed", "deadline")
+    assert seconds <= 2.0, seconds
+
+
+def test_a_stalled_tls_handshake_is_cut_at_the_deadline(drip):
+    """A TLS record header announcing 16 KiB, then a byte every 0.1 s: each read succeeds
+    within the 10 s connect timeout, so only the watchdog ends the handshake."""
+    server = drip(b"\x16\x03\x03\x40\x00")
+    fetcher = no_robots(Fetcher(options(total_timeout=1.0, connect_timeout=10.0, retries=3)))
+    result, seconds = timed_fetch(fetcher, f"https://127.0.0.1:{server.port}/a.jpg")
+    assert (result.status, result.reason) == ("fetch_failed", "deadline")
+    assert seconds <= 2.0, seconds
+
+
+def test_a_worker_full_of_stragglers_still_finishes(web):
+    """Per-worker straggler bound: 12 trickling URLs on 4 threads end within
+    3 rounds x (deadline + 1 s), and every thread comes back."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fetcher = Fetcher(options(total_timeout=1.0, per_host_connections=4, retries=2))
+    urls = [web.url(f"/e/trickle.jpg?s=30&i={i}") for i in range(12)]
+    start = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(fetcher.fetch, urls))
+    assert time.monotonic() - start <= 3 * (1.0 + 1.0)
+    assert {r.reason for r in results} == {"deadline"}
+
+
+def test_waiting_for_a_host_slot_counts_against_the_deadline(web):
+    fetcher = Fetcher(options(total_timeout=2.0, per_host_connections=1, retries=0))
+    fetcher.robots.verdict(web.url("/x"))
+    holder = threading.Thread(target=fetcher.fetch, args=(web.url("/e/trickle.jpg?s=10"),))
+    holder.start()
+    time.sleep(0.2)
+    result, seconds = timed_fetch(fetcher, web.url("/e/tiny.jpg"), deadline=time.monotonic() + 0.5)
+    assert (result.status, result.reason) == ("fetch_failed", "deadline host_queue")
+    assert seconds < 1.0
+    holder.join()
+
+
+# --- DNS: a per-worker cache with TTL and negative caching ------------------------------------
+
+from pipeline.dnscache import CachingResolver, DNSFailure, dns_reason  # noqa: E402
+
+
+class CountingResolver:
+    def __init__(self, table: dict, delay: float = 0.0):
+        self.table = table
+        self.delay = delay
+        self.calls: list[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, host, port):
+        with self.lock:
+            self.calls.append(host)
+        if self.delay:
+            time.sleep(self.delay)
+        answer = self.table.get(host)
+        if isinstance(answer, BaseException):
+            raise answer
+        if answer is None:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return answer
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_dns_lookup_is_shared_by_concurrent_threads():
+    inner = CountingResolver({"a.example": ["93.184.215.14"]}, delay=0.2)
+    cache = CachingResolver(inner)
+    answers = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(cache("a.example", 80))) for _ in range(20)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert inner.calls == ["a.example"]
+    assert answers == [["93.184.215.14"]] * 20
+    assert cache("A.EXAMPLE", 443) == ["93.184.215.14"] and cache.lookups == 1
+
+
+def test_dns_answers_expire_after_their_ttl():
+    clock = Clock()
+    inner = CountingResolver({"a.example": ["93.184.215.14"]})
+    cache = CachingResolver(inner, ttl=300, clock=clock)
+    cache("a.example", 80)
+    clock.now += 299
+    cache("a.example", 80)
+    assert len(inner.calls) == 1
+    clock.now += 2
+    cache("a.example", 80)
+    assert len(inner.calls) == 2
+
+
+@pytest.mark.parametrize(
+    ("error", "reason", "cached_for"),
+    [
+        (socket.gaierror(socket.EAI_NONAME, "unknown"), "nxdomain", 60),
+        (DNSFailure("no_address"), "no_address", 60),
+        (socket.gaierror(socket.EAI_AGAIN, "try again"), "temporary", 5),
+        (socket.gaierror(socket.EAI_FAIL, "fail"), "servfail", 5),
+        (TimeoutError(), "timeout", 5),
+        (UnicodeError("label too long"), "bad_name", 5),
+    ],
+)
+def test_dns_failures_are_cached_by_kind(error, reason, cached_for):
+    clock = Clock()
+    inner = CountingResolver({"x.example": error})
+    cache = CachingResolver(inner, negative_ttl=60, transient_ttl=5, clock=clock)
+    for _ in range(3):
+        with pytest.raises(DNSFailure) as failure:
+            cache("x.example", 80)
+        assert failure.value.reason == reason
+    assert len(inner.calls) == 1
+    clock.now += cached_for - 0.5
+    with pytest.raises(DNSFailure):
+        cache("x.example", 80)
+    assert len(inner.calls) == 1
+    clock.now += 1
+    with pytest.raises(DNSFailure):
+        cache("x.example", 80)
+    assert len(inner.calls) == 2
+
+
+def test_an_empty_answer_is_no_address():
+    with pytest.raises(DNSFailure) as failure:
+        CachingResolver(CountingResolver({"e.example": []}))("e.example", 80)
+    assert failure.value.reason == "no_address"
+
+
+def test_a_hanging_lookup_does_not_hold_the_thread():
+    inner = CountingResolver({"slow.example": ["93.184.215.14"]}, delay=2.0)
+    cache = CachingResolver(inner, timeout=0.3)
+    start = time.monotonic()
+    with pytest.raises(DNSFailure) as failure:
+        cache("slow.example", 80)
+    assert failure.value.reason == "timeout" and time.monotonic() - start < 1.0
+    time.sleep(2.0)
+    assert cache("slow.example", 80) == ["93.184.215.14"]  # the lookup finished and was kept
+    assert len(inner.calls) == 1
+    cache.close()
+
+
+def test_demote_moves_a_failed_address_last():
+    cache = CachingResolver(CountingResolver({"m.example": ["1.1.1.1", "2.2.2.2", "3.3.3.3"]}))
+    cache("m.example", 80)
+    cache.demote("m.example", "1.1.1.1")
+    assert cache("m.example", 80) == ["2.2.2.2", "3.3.3.3", "1.1.1.1"]
+    cache.demote("unknown.example", "1.1.1.1")  # nothing to do
+
+
+def test_dns_reason_words():
+    assert dns_reason(socket.gaierror(socket.EAI_NONAME, "x")) == "nxdomain"
+    assert dns_reason(socket.gaierror(socket.EAI_AGAIN, "x")) == "temporary"
+    assert dns_reason(DNSFailure("timeout")) == "timeout"
+    assert dns_reason(ValueError("x")) == "ValueError"
+
+
+def test_dns_failures_are_their_own_reason_and_resolved_once_per_worker(web):
+    inner = CountingResolver({})
+    fetcher = Fetcher(options(), resolver=inner)
+    results = [fetcher.fetch(f"http://gone.example/{i}.jpg") for i in range(50)]
+    assert {(r.status, r.reason) for r in results} == {("fetch_failed", "dns nxdomain")}
+    assert inner.calls == ["gone.example"]
+
+
+def test_a_dns_lookup_cannot_outlast_the_deadline():
+    inner = CountingResolver({"slow.example": ["93.184.215.14"]}, delay=3.0)
+    fetcher = Fetcher(options(total_timeout=0.5, connect_timeout=10.0), resolver=inner)
+    result, seconds = timed_fetch(fetcher, "http://slow.example/a.jpg")
+    assert result.status == "fetch_failed" and result.reason.startswith("deadline")
+    assert seconds < 1.5
+
+
+def connections_to(monkeypatch) -> list[str]:
+    import pipeline.guard as guard_mod
+
+    connected: list[str] = []
+    real = guard_mod.urllib3_connection.create_connection
+
+    def record(address, *args, **kwargs):
+        connected.append(address[0])
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(guard_mod.urllib3_connection, "create_connection", record)
+    return connected
+
+
+def test_falls_back_to_the_next_address_and_remembers(web, flickr_dir, monkeypatch):
+    """127.0.0.3 refuses (the fixture listens on 127.0.0.1 only): the fetch goes on to the
+    host's next checked address, and later fetches try the working one first."""
+    connected = connections_to(monkeypatch)
+    inner = CountingResolver({"multi.fixture.test": ["127.0.0.3", "127.0.0.1"]})
+    opts = options(allow_private_addresses=False, allowed_networks=("127.0.0.0/8",), retries=0)
+    fetcher = Fetcher(opts, resolver=inner)
+    name = first_photo(flickr_dir)
+    result = fetcher.fetch(f"http://multi.fixture.test:{web.port}/images/{name}")
+    assert result.ok, result
+    assert connected[:2] == ["127.0.0.3", "127.0.0.1"]
+    del connected[:]
+    assert fetcher.fetch(f"http://multi.fixture.test:{web.port}/images/{name}?2").ok
+    assert connected == ["127.0.0.1"]
+    assert inner.calls == ["multi.fixture.test"]
+
+
+def test_every_address_fails_gives_a_connection_reason(web, monkeypatch):
+    connected = connections_to(monkeypatch)
+    inner = CountingResolver({"dead.fixture.test": ["127.0.0.3", "127.0.0.4"]})
+    opts = options(allow_private_addresses=False, allowed_networks=("127.0.0.0/8",), retries=0)
+    result = Fetcher(opts, resolver=inner).fetch(f"http://dead.fixture.test:{web.port}/a.jpg")
+    assert (result.status, result.reason) == ("fetch_failed", "robots_unreachable ConnectionError")
+    assert set(connected) == {"127.0.0.3", "127.0.0.4"}
+
+
+def test_the_guard_checks_every_cached_address_on_every_hop(web, flickr_dir, monkeypatch):
+    """A cached answer is checked again at every use; one forbidden address blocks the host,
+    also when it is reached through a redirect."""
+    connected = connections_to(monkeypatch)
+    inner = CountingResolver(
+        {"ok.fixture.test": ["127.0.0.1"], "mixed.fixture.test": ["127.0.0.1", "10.0.0.7"]}
+    )
+    opts = options(allow_private_addresses=False, allowed_networks=("127.0.0.1/32",))
+    fetcher = Fetcher(opts, resolver=inner)
+    name = first_photo(flickr_dir)
+    assert fetcher.fetch(f"http://ok.fixture.test:{web.port}/images/{name}").ok
+    for _ in range(2):
+        direct = fetcher.fetch(f"http://mixed.fixture.test:{web.port}/images/{name}")
+        assert (direct.status, direct.reason) == ("blocked_address", "private 10.0.0.7")
+    target = f"http://mixed.fixture.test:{web.port}/images/{name}"
+    hop = fetcher.fetch(f"http://ok.fixture.test:{web.port}/e/redirect-to?url={target}")
+    assert (hop.status, hop.redirects) == ("blocked_address", 1)
+    assert "10.0.0.7" not in connected
+    assert sorted(inner.calls) == ["mixed.fixture.test", "ok.fixture.test"]

@@ -13,6 +13,7 @@ import time
 
 import duckdb
 
+from pipeline.stats.domains import attach_earlier, link_rot_tables, run_time
 from pipeline.stats.layout import StatsInputError, load_layout
 from pipeline.stats.render import render_report, render_rows
 from pipeline.stats.report import build_report
@@ -43,6 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--cap", type=int, default=None, help="per-query cap t (default: manifest parameters)"
     )
     p.add_argument("--top", type=int, default=20, help="queries listed in the top tables")
+    p.add_argument(
+        "--domains",
+        type=int,
+        default=20,
+        help="domains listed in the success-rate and reasons tables (0: leave them out)",
+    )
+    p.add_argument(
+        "--since",
+        default=None,
+        metavar="EARLIER_OUT",
+        help="also report link rot: what became of the URLs this earlier OUT kept",
+    )
     return p
 
 
@@ -102,7 +115,18 @@ def run(args: argparse.Namespace) -> int:
         top=args.top,
         with_pages=bool(layout.page_files),
         out_name=str(layout.root),
+        domains=args.domains,
     )
+    if args.since is not None:
+        earlier = load_layout(args.since, need_manifest=False)
+        attach_earlier(con, earlier)
+        report.tables += link_rot_tables(
+            con,
+            max(args.domains, 1),
+            then=run_time(earlier),
+            now=run_time(layout),
+            earlier_name=str(earlier.root),
+        )
     if args.sql is None:
         print(render_report(report, args.format))
     written = []
@@ -129,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for flag, value in (("--cap", args.cap), ("--top", args.top)):
+    for flag, value in (("--cap", args.cap), ("--top", args.top), ("--domains", args.domains)):
         if value is not None and value < 0:
             print(f"wit-stats: {flag} must be >= 0, got {value}", file=sys.stderr)
             return EXIT_BAD_INPUT

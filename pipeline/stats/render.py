@@ -15,7 +15,14 @@ import re
 from pipeline.stats.report import Report
 from pipeline.stats.tables import Table
 
-_SHARE_COLUMNS = {"share", "share_of_status", "yield"}
+_SHARE_COLUMNS = {
+    "share",
+    "share_of_status",
+    "yield",
+    "success_rate",
+    "share_of_domain",
+    "rot_rate",
+}
 _SHARE_WORDS = re.compile(r"\b(share|rate|yield)\b")
 
 

@@ -14,6 +14,7 @@ import duckdb
 
 from pipeline.schema import STATUSES
 from pipeline.stats.compliance import Compliance, compliance_tables
+from pipeline.stats.domains import domain_tables
 from pipeline.stats.tables import Table, ratio, rows_of
 
 #: Reasons shown per status; the rest are summed into one row (duplicate reasons are uids).
@@ -326,8 +327,10 @@ def build_report(
     top: int = 20,
     with_pages: bool = False,
     out_name: str = "",
+    domains: int = 20,
 ) -> Report:
-    """Run every section of the default report."""
+    """Run every section of the default report; `domains` sets how many domains the
+    by-domain tables list (0 leaves them out)."""
     group_status(con)
     status, reasons, total = status_tables(con)
     kept = dict((r[0], r[1]) for r in status.rows).get("kept", 0)
@@ -356,4 +359,6 @@ def build_report(
     tables += [caption_table(con), image_size_table(con), shards, duplicate_table(con, total)]
     if with_pages:
         tables.append(page_table(con))
+    if domains > 0:
+        tables += domain_tables(con, domains)
     return Report(tables, compliance)
