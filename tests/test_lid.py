@@ -91,8 +91,8 @@ def test_language_stage_in_beam():
         "qids": [[0], [0]],
     })  # fmt: skip
     with BeamTestPipeline(runner=FnApiRunner()) as p:
-        out = p | beam.Create([(1, table)]) | IdentifyLanguage("fasttext")
-        kept = out.english | "k" >> beam.FlatMap(lambda kv: kv[1]["uid"].to_pylist())
+        out = p | beam.Create([table]) | IdentifyLanguage("fasttext")
+        kept = out.english | "k" >> beam.FlatMap(lambda t: t["uid"].to_pylist())
         rejected = out[FINAL] | "r" >> beam.FlatMap(
             lambda t: list(
                 zip(

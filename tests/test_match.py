@@ -145,15 +145,15 @@ def test_match_stage_in_beam(tmp_path):
         "source": ["s"] * 3, "row": [0, 1, 2],
     })  # fmt: skip
     with BeamTestPipeline(runner=FnApiRunner()) as p:
-        out = p | beam.Create([(7, table)]) | MatchQueries(shared.Shared(), str(qpath))
+        out = p | beam.Create([table]) | MatchQueries(shared.Shared(), str(qpath))
         matched = out.matched | "m" >> beam.FlatMap(
-            lambda kv: [
-                (kv[0], u, tuple(q))
-                for u, q in zip(kv[1]["uid"].to_pylist(), kv[1]["qids"].to_pylist(), strict=True)
+            lambda t: [
+                (u, tuple(q))
+                for u, q in zip(t["uid"].to_pylist(), t["qids"].to_pylist(), strict=True)
             ]
         )
         final = out[FINAL] | "f" >> beam.FlatMap(
             lambda t: list(zip(t["uid"].to_pylist(), t["status"].to_pylist(), strict=True))
         )
-        assert_that(matched, equal_to([(7, "u1", (0, 1))]), label="matched")
+        assert_that(matched, equal_to([("u1", (0, 1))]), label="matched")
         assert_that(final, equal_to([("u2", "no_match"), ("u3", "no_match")]), label="final")

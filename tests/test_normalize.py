@@ -108,7 +108,7 @@ def test_normalize_stage_in_beam():
     )  # fmt: skip
     with BeamTestPipeline(runner=FnApiRunner()) as p:
         out = p | beam.Create([raw]) | NormalizeCaptions()
-        accepted = out.accepted | "a" >> beam.FlatMap(lambda kv: kv[1]["caption"].to_pylist())
+        accepted = out.accepted | "a" >> beam.FlatMap(lambda t: t["caption"].to_pylist())
         rejected = out[FINAL] | "r" >> beam.FlatMap(
             lambda t: list(zip(t["status"].to_pylist(), t["reason"].to_pylist(), strict=True))
         )
