@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
 from pipeline import fsio, status_io
 from pipeline.normalize import row_uid
@@ -144,12 +145,24 @@ _GROUP_ROWS = Metrics.distribution("wit.units", "dedup_group_rows")
 _SPILLS = Metrics.counter("wit.units", "dedup_spill_files")
 
 
+#: Narrow keys gathered per bucket before they leave a worker: one element per bucket
+#: and bundle (or per this many rows), not one per read batch and bucket, whose number
+#: would grow with the square of the input. A worker buffers at most KEYS_BUFFERED rows
+#: (~100 bytes each in memory) before it sends everything it holds.
+KEYS_PER_ELEMENT = 5_000
+KEYS_BUFFERED = 500_000
+
+
 class _SpillFn(fsio.FsDoFn):
     """Drop a table's own copies, spill it, emit its narrow keys by uid bucket."""
 
     def __init__(self, out_dir: str, n_buckets: int, beam_args=()):
         super().__init__(beam_args)
         self.out_dir, self.n_buckets = out_dir, n_buckets
+
+    def start_bundle(self):
+        self._keys: dict[int, list[pa.Table]] = {}
+        self._rows: dict[int, int] = {}
 
     def process(self, table):
         winners, dups = resolve_duplicates(table)
@@ -163,7 +176,21 @@ class _SpillFn(fsio.FsDoFn):
         yield beam.pvalue.TaggedOutput("spilled", (name, None))
         keys = narrow_keys(winners, name)
         buckets = (keys["hi"].to_numpy() % np.uint64(self.n_buckets)).astype(np.int64)
-        yield from status_io.split_by_bucket(keys, self.n_buckets, buckets)
+        for bucket, part in status_io.split_by_bucket(keys, self.n_buckets, buckets):
+            self._keys.setdefault(bucket, []).append(part)
+            self._rows[bucket] = self._rows.get(bucket, 0) + part.num_rows
+            if self._rows[bucket] >= KEYS_PER_ELEMENT:
+                yield bucket, pa.concat_tables(self._keys.pop(bucket))
+                del self._rows[bucket]
+        if sum(self._rows.values()) > KEYS_BUFFERED:
+            for bucket, parts in self._keys.items():
+                yield bucket, pa.concat_tables(parts)
+            self._keys, self._rows = {}, {}
+
+    def finish_bundle(self):
+        for bucket, parts in self._keys.items():
+            yield GlobalWindows.windowed_value((bucket, pa.concat_tables(parts)))
+        self._keys, self._rows = {}, {}
 
 
 def _later_copies_of_bucket(kv):
