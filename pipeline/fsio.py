@@ -162,15 +162,16 @@ def move(src: str, dst: str) -> None:
 def check_out(out: str) -> None:
     """Fail before any work when OUT cannot be used: a one-line :class:`OutError`."""
     name = scheme(out)
+    extras = {"s3": "apache-beam[aws]", "gs": "apache-beam[gcp]", "hdfs": "apache-beam[hadoop]",
+              "azfs": "apache-beam[azure]"}  # fmt: skip
     try:
         FileSystems.get_filesystem(out)
-    except ValueError:
+    except (ValueError, ImportError):
+        if name in extras:  # Beam registers these only when their client library imports
+            raise OutError(f"--out {out}: {name}:// needs {extras[name]}") from None
         raise OutError(
             f"--out {out}: unknown scheme {name}:// (Beam knows file paths, gs://, s3://, hdfs://)"
         ) from None
-    except ImportError as e:
-        extra = {"s3": "apache-beam[aws]", "gs": "apache-beam[gcp]"}.get(name, "its Beam extra")
-        raise OutError(f"--out {out}: {name}:// needs {extra} ({e})") from None
     probe = join(out, f"_write_check_{uuid.uuid4().hex[:8]}")
     try:
         with create(probe) as f:
@@ -178,9 +179,8 @@ def check_out(out: str) -> None:
         FileSystems.delete([probe])
     except Exception as e:  # noqa: BLE001 - any failure means OUT is unusable
         text = " ".join(str(e).split())[:200]
-        extra = {"s3": "apache-beam[aws]", "gs": "apache-beam[gcp]"}.get(name)
-        if extra and ("No module named" in text or "ImportError" in text):
-            raise OutError(f"--out {out}: {name}:// needs {extra}") from None
+        if name in extras and ("No module named" in text or "ImportError" in text):
+            raise OutError(f"--out {out}: {name}:// needs {extras[name]}") from None
         raise OutError(f"--out {out} is not writable: {type(e).__name__}: {text}") from None
 
 

@@ -238,6 +238,7 @@ def test_unknown_scheme_and_unwritable_out_fail_before_any_work(inputs, tmp_path
     blocked.write_text("not a folder")
     for out, expected in [
         ("zz://bucket/out", "unknown scheme zz://"),
+        ("gs://bucket/out", "gs:// needs apache-beam[gcp]"),  # the gcp extra is not installed
         (str(blocked / "out"), "is not writable"),
     ]:
         rc = cli.main(["--querylist", str(queries), "--out", out, "--input", str(files[0]),

@@ -500,3 +500,33 @@ def test_shards_beyond_this_runs_plan_are_moved_out(web, flickr_dir, tmp_path, c
     assert sorted(os.listdir(tmp_path / "_stale"))[:2] == ["00002.parquet", "00002.status.parquet"]
     with open(tmp_path / "shards" / "sizes.json") as fh:
         assert json.load(fh) == {"00000.tar": 2, "00001.tar": 2}
+
+
+def test_duplicated_attempts_cannot_mix_their_files(web, flickr_dir, tmp_path):
+    """Two attempts at one shard (a retried bundle, a backup task) write their own
+    temporaries; only the committed attempt is published, a repeated commit is a no-op,
+    and the losing attempt's files are swept by finalize_output."""
+    from pipeline.write import commit_shard
+
+    records = flickr_records(web, flickr_dir, n=6)
+    out = str(tmp_path)
+    writer = ShardWriter(out, fast_options(shard_size=100))
+    try:
+        rows_a, pending_a = writer.write_uncommitted(0, records)
+        rows_b, pending_b = writer.write_uncommitted(0, records)
+    finally:
+        writer.close()
+    assert {t for t, _ in pending_a}.isdisjoint(t for t, _ in pending_b)  # attempt-unique
+    assert [f for f, _ in pending_a] != [f for f, _ in pending_b]
+    commit_shard(pending_b)  # the runner committed attempt b
+    commit_shard(pending_b)  # a retried commit changes nothing
+    paths = shard_paths(out, 0)
+    published = open(paths.tar, "rb").read()
+    assert len(temp_files(out)) == 3  # attempt a's temporaries, never renamed
+    finalize_output(out)
+    assert temp_files(out) == []
+    assert open(paths.tar, "rb").read() == published
+    reference = str(tmp_path / "reference")
+    fetch_and_write_local(records, reference, fast_options(shard_size=100))
+    assert published == open(shard_paths(reference, 0).tar, "rb").read()
+    assert sorted(r["uid"] for r in rows_b) == sorted(r["uid"] for r in records)
