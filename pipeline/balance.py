@@ -337,10 +337,16 @@ class _CountFn(beam.DoFn):
 
     def setup(self):
         from pipeline.fsio import ensure_options
+        from pipeline.progress import Reporter
 
         ensure_options(self.beam_args)
+        self.progress = Reporter(self.out_dir, "text")  # rows through the text stages
+
+    def finish_bundle(self):
+        self.progress.flush()
 
     def process(self, table):
+        self.progress.add(table.num_rows)
         for part in table_counts(table, self.n_buckets):
             yield beam.pvalue.TaggedOutput("counts", part)
         if self.out_dir is None:

@@ -140,15 +140,7 @@ class _ToRecordsFn(WithQueries):
         super().__init__(handle, querylist, beam_args)
         self.out_dir = out_dir
 
-    def setup(self):
-        super().setup()
-        self.progress = Reporter(self.out_dir, "text")
-
-    def finish_bundle(self):
-        self.progress.flush()
-
     def process(self, table):
-        self.progress.add(table.num_rows)
         status = status_io.to_status_table(table, self.q.names).to_pylist()
         for record, qids, sel, row in zip(
             status,
@@ -277,10 +269,14 @@ def build_pipeline(
         finals["NotSelected"] = split.rest
     # One WriteStatus per stage output, fused into the stage that produces it: a Flatten
     # before it would make the local runner buffer every row until the last stage is done.
+    # the text bar counts rows as they reach balancing (BalancePerQuery reports them) or
+    # get a final status before it; balancing's own outputs are not counted twice
+    after_balancing = ("Balanced", "NotSelected")
     tallies = [
-        rows | f"Write{name}" >> WriteStatus(handle, cfg.querylist, cfg.out, args)
+        rows | f"Write{name}" >> WriteStatus(handle, cfg.querylist, cfg.out, args,
+                                             None if name in after_balancing else "text")
         for name, rows in finals.items()
-    ]
+    ]  # fmt: skip
     if not cfg.no_fetch:
         tallies.append(fetched | "WriteFetched" >> WriteStatus(
             handle, cfg.querylist, cfg.out, args, progress_phase=None))  # fmt: skip
