@@ -217,7 +217,35 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv)
 
 
+def _retry_main(argv: list[str]) -> int:
+    """`wit-build --retry-failed OUT`: fetch only the retryable failures again."""
+    p = argparse.ArgumentParser(
+        prog="wit-build --retry-failed",
+        description="Fetch again only the rows whose status is fetch_failed for a reason that "
+        "may pass next time (timeouts, 5xx, 429, connection, DNS); rewrites only the shards "
+        "that change and updates status/, counts/, sizes.json and the manifest.",
+    )
+    p.add_argument("--retry-failed", required=True, metavar="OUT", dest="out")
+    p.add_argument("--retries", type=int, default=None, help="retries per URL (default: as built)")
+    p.add_argument("--timeout", type=float, default=None, help="read timeout, seconds")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    from pipeline.retry import retry_failed
+
+    try:
+        retry_failed(args.out, retries=args.retries, read_timeout=args.timeout)
+    except ValueError as e:
+        print(f"wit-build: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - one line, not a traceback
+        print(f"wit-build: {_one_line_failure(e)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _main(argv: list[str]) -> int:
+    if any(a == "--retry-failed" or a.startswith("--retry-failed=") for a in argv):
+        return _retry_main(argv)
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     check_beam_args(parser, beam_args)

@@ -175,20 +175,27 @@ def to_status_table(table: pa.Table, query_names: pa.Array) -> pa.Table:
     return pa.table(cols, schema=STATUS_SCHEMA)
 
 
-def write_status_part(out_dir: str, stage: str, table: pa.Table) -> str | None:
-    """Write one status part named by its content, so a retried bundle rewrites the same file."""
-    if table.num_rows == 0:
-        return None
-    missing = [s for s in set(table["status"].to_pylist()) if s not in STATUSES]
-    if missing:
-        raise ValueError(f"status outside the closed set: {missing}")
+def status_part_path(out_dir: str, stage: str, table: pa.Table) -> str:
+    """A status part's name: a digest of its (uid, status) rows, so a retried bundle
+    rewrites the same file and a later change of the rows can find it again."""
     table = table.sort_by("uid")
     lines = (
         f"{u}\t{s}"
         for u, s in zip(table["uid"].to_pylist(), table["status"].to_pylist(), strict=True)
     )
     digest = hashlib.sha1("\n".join(lines).encode()).hexdigest()[:20]
-    path = fsio.join(out_dir, "status", f"part-{stage}-{digest}.parquet")
+    return fsio.join(out_dir, "status", f"part-{stage}-{digest}.parquet")
+
+
+def write_status_part(out_dir: str, stage: str, table: pa.Table) -> str | None:
+    """Write one status part named by its content (``status_part_path``)."""
+    if table.num_rows == 0:
+        return None
+    missing = [s for s in set(table["status"].to_pylist()) if s not in STATUSES]
+    if missing:
+        raise ValueError(f"status outside the closed set: {missing}")
+    table = table.sort_by("uid")
+    path = status_part_path(out_dir, stage, table)
     fsio.publish(path, fsio.parquet_bytes(table))
     return path
 
