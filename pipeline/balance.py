@@ -191,21 +191,76 @@ def table_counts(table: pa.Table, n_buckets: int) -> list[tuple[int, QueryStats]
     return _by_bucket(q, n_buckets, make)
 
 
-def table_heavy_pairs(
+#: Pass 2 finds each heavy query's t-th smallest pair hash by radix select: a histogram
+#: of the hash's top BIN_BITS bits, then the pairs of the one bin that holds the t-th.
+BIN_BITS = 12
+_SHIFT = np.uint64(64 - BIN_BITS)
+
+
+def _heavy_pairs(table, qkeys, heavy: np.ndarray):
+    """(query, hash, hi) of the pairs whose query is marked in ``heavy`` (by query id)."""
+    q, h, hi, _ = candidate_pairs(table, qkeys)
+    if len(q) == 0:
+        return q, h, hi
+    m = heavy[q]
+    return q[m], h[m], hi[m]
+
+
+def table_histogram(
     table: pa.Table, qkeys: np.ndarray, counts: np.ndarray, cap: int, n_buckets: int
 ) -> list[tuple[int, QueryStats]]:
-    """Pass 2 partials (``exact``): the pairs of queries with more than t matches in all,
-    each query's t smallest only. A query under the cap needs no threshold, so its pairs
-    never cross the shuffle."""
-    q, h, hi, _ = candidate_pairs(table, qkeys)
-    heavy = counts[q] > cap if len(q) else np.zeros(0, bool)
-    if not heavy.any():
+    """Pass 2a partials (``exact``): per query over the cap, how many of its pairs fall in
+    each of 2**BIN_BITS hash bins (as counts of ``query * bins + bin`` codes). Queries
+    under the cap need no threshold; no pair leaves the worker."""
+    q, h, _hi = _heavy_pairs(table, qkeys, counts > cap)
+    if len(q) == 0:
         return []
-    q, h, hi = q[heavy], h[heavy], hi[heavy]
+    codes = q * (1 << BIN_BITS) + (h >> _SHIFT).astype(np.int64)
 
     def make(m):
-        uq, n = np.unique(q[m], return_counts=True)
-        return QueryStats(uq, n.astype(np.int64), q[m], h[m], hi[m]).compact(cap)
+        uc, n = np.unique(codes[m], return_counts=True)
+        return QueryStats(uc, n.astype(np.int64))
+
+    return _by_bucket(q, n_buckets, make)
+
+
+def boundaries(parts, n_queries: int, cap: int) -> dict[str, np.ndarray]:
+    """From the merged histograms: per query over the cap, the bin that holds its t-th
+    smallest pair (``bin``, -1 elsewhere) and that pair's rank inside the bin (``need``)."""
+    codes = np.concatenate([cq for cq, *_ in parts] or [np.zeros(0, np.int64)])
+    cn = np.concatenate([c for _, c, *_ in parts] or [np.zeros(0, np.int64)])
+    bins = np.full(n_queries, -1, np.int64)
+    need = np.zeros(n_queries, np.int64)
+    if len(codes):
+        order = np.argsort(codes, kind="stable")
+        codes, cn = codes[order], cn[order]
+        q, b = codes >> BIN_BITS, codes & ((1 << BIN_BITS) - 1)
+        starts = np.r_[0, np.flatnonzero(np.diff(q)) + 1]
+        cum = np.cumsum(cn)
+        before = np.repeat(np.r_[0, cum[starts[1:] - 1]], np.diff(np.r_[starts, len(q)]))
+        within = cum - before  # pairs of this query up to and including this bin
+        crossing = (within >= cap) & (within - cn < cap)
+        bins[q[crossing]] = b[crossing]
+        need[q[crossing]] = cap - (within - cn)[crossing]
+    return {"bin": bins, "need": need}
+
+
+def table_boundary_pairs(
+    table: pa.Table, qkeys: np.ndarray, bounds: dict, cap: int, n_buckets: int
+) -> list[tuple[int, QueryStats]]:
+    """Pass 2b partials: the pairs in each heavy query's boundary bin (about 1/4096 of its
+    pairs), at most t per query."""
+    q, h, hi = _heavy_pairs(table, qkeys, bounds["bin"] >= 0)
+    if len(q) == 0:
+        return []
+    m = (h >> _SHIFT).astype(np.int64) == bounds["bin"][q]
+    q, h, hi = q[m], h[m], hi[m]
+    if len(q) == 0:
+        return []
+
+    def make(k):
+        uq, n = np.unique(q[k], return_counts=True)
+        return QueryStats(uq, n.astype(np.int64), q[k], h[k], hi[k]).compact(cap)
 
     return _by_bucket(q, n_buckets, make)
 
@@ -213,10 +268,11 @@ def table_heavy_pairs(
 class QueryStatsFn(beam.CombineFn):
     """Lifted combiner: partials merge before the shuffle, each kept to t pairs per query."""
 
-    def __init__(self, mode: str, cap: int):
+    def __init__(self, mode: str, cap: int, raw: bool = False):
         if mode not in MODES:
             raise ValueError(f"unknown --balance mode {mode!r}")
         self.cap = cap if mode == "exact" else None
+        self.raw = raw  # the merged QueryStats itself (pass 2b), not thresholds
 
     def create_accumulator(self):
         return []  # QueryStats parts, merged once they hold many pairs
@@ -235,6 +291,8 @@ class QueryStatsFn(beam.CombineFn):
 
     def extract_output(self, acc):
         stats = QueryStats.merge(acc, self.cap)
+        if self.raw:
+            return stats
         tq, th, thi = stats.thresholds(self.cap) if self.cap is not None else (None,) * 3
         return stats.cq, stats.cn, tq, th, thi
 
@@ -248,14 +306,22 @@ def dense_counts(parts) -> np.ndarray:
     return counts
 
 
-def dense_thresholds(parts, counts: np.ndarray) -> dict[str, np.ndarray]:
-    """Pass 2 result: per query id, the t-th smallest (hash, hi); the maximum (select all)
-    for queries at or under the cap."""
-    thr_h = np.full(len(counts), _MAX, np.uint64)
-    thr_hi = np.full(len(counts), _MAX, np.uint64)
-    for _cq, _cn, tq, th, thi in parts:
-        if tq is not None and len(tq):
-            thr_h[tq], thr_hi[tq] = th, thi
+def dense_thresholds(parts: list[QueryStats], bounds: dict) -> dict[str, np.ndarray]:
+    """Pass 2 result: per query id, its t-th smallest (hash, hi): the ``need``-th pair of
+    its boundary bin; the maximum (select all) for queries at or under the cap."""
+    n = len(bounds["bin"])
+    thr_h = np.full(n, _MAX, np.uint64)
+    thr_hi = np.full(n, _MAX, np.uint64)
+    q = np.concatenate([p.q for p in parts] or [np.zeros(0, np.int64)])
+    h = np.concatenate([p.h for p in parts] or [np.zeros(0, np.uint64)])
+    hi = np.concatenate([p.hi for p in parts] or [np.zeros(0, np.uint64)])
+    if len(q):
+        order = np.lexsort((hi, h, q))
+        q, h, hi = q[order], h[order], hi[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(q)) + 1]
+        heads = q[starts]
+        pick = starts + bounds["need"][heads] - 1
+        thr_h[heads], thr_hi[heads] = h[pick], hi[pick]
     return {"thr_h": thr_h, "thr_hi": thr_hi}
 
 
@@ -360,8 +426,8 @@ class _CountFn(beam.DoFn):
         yield name
 
 
-class _HeavyFn(_WithKeys):
-    """Pass 2 (``exact``): the t smallest pairs of each query over the cap."""
+class _HistogramFn(_WithKeys):
+    """Pass 2a (``exact``): hash histograms of the queries over the cap."""
 
     def __init__(self, handle, querylist, seed, cap, n_buckets, beam_args=(), out_dir=None):
         super().__init__(handle, querylist, seed, beam_args)
@@ -369,7 +435,15 @@ class _HeavyFn(_WithKeys):
 
     def process(self, table, counts):
         table = _read_spilled(self.out_dir, table)
-        yield from table_heavy_pairs(table, self.qkeys, counts, self.cap, self.n_buckets)
+        yield from table_histogram(table, self.qkeys, counts, self.cap, self.n_buckets)
+
+
+class _BoundaryFn(_HistogramFn):
+    """Pass 2b (``exact``): the pairs in each heavy query's boundary bin."""
+
+    def process(self, table, bounds):
+        table = _read_spilled(self.out_dir, table)
+        yield from table_boundary_pairs(table, self.qkeys, bounds, self.cap, self.n_buckets)
 
 
 class _SelectFn(_WithKeys):
@@ -397,8 +471,9 @@ class BalancePerQuery(beam.PTransform):
     """Candidate tables in, the same tables with status kept/not_selected and ``sel`` out.
 
     Pass 1 counts matches per query (a lifted combiner keyed by query bucket); for
-    ``exact``, pass 2 finds the t-th smallest pair of each query over the cap (the same
-    combiner, on those queries' pairs only); selection is a map with both as side inputs.
+    ``exact``, pass 2 finds the t-th smallest pair of each query over the cap by radix
+    select (hash histograms, then the pairs of one bin; the same lifted combiner);
+    selection is a map with the counts and thresholds as side inputs.
     ``n_buckets`` grows with the input, so no constant bounds the combiners' parallelism.
     With ``out_dir`` the candidate tables wait in spill files under ``OUT/_work``, not in
     the runner.
@@ -432,12 +507,23 @@ class BalancePerQuery(beam.PTransform):
         counts_side = beam.pvalue.AsSingleton(counts)
         thresholds = None
         if self.mode == "exact":
-            heavy = split.tables | "HeavyPairs" >> beam.ParDo(
-                _HeavyFn(*args, self.cap, self.n_buckets, self.beam_args, self.out_dir),
+            fns = (*args, self.cap, self.n_buckets, self.beam_args, self.out_dir)
+            hist = split.tables | "Histograms" >> beam.ParDo(_HistogramFn(*fns), counts_side)
+            bounds = self._combine(hist, "Histogram", "metaclip") | "Boundaries" >> beam.Map(
+                lambda parts, counts, cap: boundaries(parts, len(counts), cap),
                 counts_side,
+                self.cap,
             )
-            thresholds = self._combine(heavy, "Thresholds", "exact") | "DenseThresholds" >> (
-                beam.Map(dense_thresholds, counts_side)
+            pairs = split.tables | "BoundaryPairs" >> beam.ParDo(
+                _BoundaryFn(*fns), beam.pvalue.AsSingleton(bounds)
+            )
+            thresholds = (
+                pairs
+                | "BoundaryPerQueryBucket"
+                >> beam.CombinePerKey(QueryStatsFn("exact", self.cap, raw=True))
+                | "BoundaryValues" >> beam.Map(_count_stats_bucket)
+                | "BoundaryAll" >> beam.combiners.ToList()
+                | "DenseThresholds" >> beam.Map(dense_thresholds, beam.pvalue.AsSingleton(bounds))
             )
         fn = _SelectFn(*args, self.mode, self.cap, self.beam_args, self.out_dir)
         if thresholds is None:

@@ -72,6 +72,17 @@ def _combine(fn, partials):
     return [fn.extract_output(fn.merge_accumulators(accs)) for accs in per_bucket.values()]
 
 
+def _thresholds(parts, qkeys, counts, cap, n_buckets):
+    """Pass 2 as the job runs it: histograms, boundary bins, the boundary bins' pairs."""
+    hist = _combine(balance.QueryStatsFn("metaclip", cap),
+                    [balance.table_histogram(t, qkeys, counts, cap, n_buckets) for t in parts])  # fmt: skip
+    bounds = balance.boundaries(hist, len(counts), cap)
+    pairs = _combine(balance.QueryStatsFn("exact", cap, raw=True),
+                     [balance.table_boundary_pairs(t, qkeys, bounds, cap, n_buckets)
+                      for t in parts])  # fmt: skip
+    return balance.dense_thresholds(pairs, bounds)
+
+
 def _select_all(
     table: pa.Table, mode: str, cap: int, seed: int = 0, n_buckets: int = 7, chunk: int = 700
 ) -> pa.Table:
@@ -87,9 +98,7 @@ def _select_all(
     )
     stats = {"counts": counts}
     if mode == "exact":
-        heavy = [balance.table_heavy_pairs(t, qkeys, counts, cap, n_buckets) for t in parts]
-        stats.update(balance.dense_thresholds(
-            _combine(balance.QueryStatsFn("exact", cap), heavy), counts))  # fmt: skip
+        stats.update(_thresholds(parts, qkeys, counts, cap, n_buckets))
     return pa.concat_tables(
         balance.select_candidates(part, qkeys, stats, mode, cap) for part in parts
     )
@@ -124,16 +133,22 @@ def test_accumulators_hold_at_most_t_pairs_per_query():
         )  # fmt: skip
     )
     assert counts[0] == 5000
-    fn = balance.QueryStatsFn("exact", cap)
-    acc = fn.create_accumulator()
-    for part in _chunks(table, 500):
-        for _b, stats in balance.table_heavy_pairs(part, qkeys, counts, cap, 1):
+    parts = _chunks(table, 500)
+    hist = _combine(balance.QueryStatsFn("metaclip", cap),
+                    [balance.table_histogram(t, qkeys, counts, cap, 1) for t in parts])  # fmt: skip
+    bounds = balance.boundaries(hist, len(counts), cap)
+    assert bounds["bin"][0] >= 0 and 1 <= bounds["need"][0] <= cap
+    assert all(bounds["bin"][q] == -1 for q in range(len(counts)) if counts[q] <= cap)
+    for part in parts:
+        for _b, stats in balance.table_boundary_pairs(part, qkeys, bounds, cap, 1):
             assert max(Counter(stats.q.tolist()).values()) <= cap
             assert all(counts[q] > cap for q in set(stats.q.tolist()))
-            acc = fn.add_input(acc, stats)
-    merged = fn.compact(acc)[0]
-    assert max(Counter(merged.q.tolist()).values()) <= cap
-    assert dict(zip(merged.cq.tolist(), merged.cn.tolist(), strict=True))[0] == 5000
+    pairs = _combine(balance.QueryStatsFn("exact", cap, raw=True),
+                     [balance.table_boundary_pairs(t, qkeys, bounds, cap, 1) for t in parts])  # fmt: skip
+    # only the boundary bin's pairs are gathered: ~1/4096 of each query's pairs, at least 1
+    heavy = int((counts > cap).sum())
+    gathered = Counter(q for p in pairs for q in p.q.tolist())
+    assert gathered[0] <= 8 and sum(gathered.values()) <= 3 * heavy
 
 
 def test_pair_hash_vectorized_equals_scalar_and_is_stable():
