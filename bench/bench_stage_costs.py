@@ -100,14 +100,20 @@ def main() -> None:
     counts = balance.dense_counts([counts_fn.extract_output(acc)])
     add("balance pass 1: counts (combiner)", time.process_time() - start)
     start = time.process_time()
-    heavy_fn = balance.QueryStatsFn("exact", args.cap)
-    acc = heavy_fn.create_accumulator()
+    hist_fn = balance.QueryStatsFn("metaclip", args.cap)
+    acc = hist_fn.create_accumulator()
     for t in english:
-        for _b, part in balance.table_heavy_pairs(t, qkeys, counts, args.cap, 1):
-            acc = heavy_fn.add_input(acc, part)
+        for _b, part in balance.table_histogram(t, qkeys, counts, args.cap, 1):
+            acc = hist_fn.add_input(acc, part)
+    bounds = balance.boundaries([hist_fn.extract_output(acc)], len(counts), args.cap)
+    pairs_fn = balance.QueryStatsFn("exact", args.cap, raw=True)
+    acc = pairs_fn.create_accumulator()
+    for t in english:
+        for _b, part in balance.table_boundary_pairs(t, qkeys, bounds, args.cap, 1):
+            acc = pairs_fn.add_input(acc, part)
     stats = {"counts": counts,
-             **balance.dense_thresholds([heavy_fn.extract_output(acc)], counts)}  # fmt: skip
-    add("balance pass 2: thresholds (combiner)", time.process_time() - start)
+             **balance.dense_thresholds([pairs_fn.extract_output(acc)], bounds)}  # fmt: skip
+    add("balance pass 2: histograms, boundary pairs", time.process_time() - start)
     selected = []
     for t in english:
         out, s = cpu(balance.select_candidates, t, qkeys, stats, "exact", args.cap)
