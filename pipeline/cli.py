@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--shard-size", type=int, default=10000)
     p.add_argument(
+        "--retry-failed",
+        metavar="OUT",
+        help="instead of a build: fetch again only OUT's retryable fetch_failed rows "
+        "(timeouts, 5xx, 429, connection, DNS) and rewrite only the shards that change; "
+        "takes --retries, --timeout, --verbose",
+    )
+    p.add_argument(
         "--verbose",
         action="store_true",
         help="show Beam's and the libraries' log lines (hidden by default)",
