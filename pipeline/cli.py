@@ -37,7 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-query-cap", type=int, default=20000, help="t: at most t pairs per query")
     p.add_argument("--balance", default="exact", choices=["exact", "metaclip"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lid", default="fasttext", choices=["fasttext", "langdetect", "none"])
+    p.add_argument(
+        "--lid",
+        default="cascade",
+        choices=["cascade", "fasttext", "langdetect", "none"],
+        help="language ID: cascade (default; English vocabulary, CLD2 veto, fastText: keeps "
+        "short English alt-text), fasttext, langdetect, or none",
+    )
     p.add_argument("--no-fetch", action="store_true", help="stop after balancing; kept = selected")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument(

@@ -70,7 +70,7 @@ class JobConfig:
     per_query_cap: int = 20000
     balance: str = "exact"
     seed: int = 0
-    lid: str = "fasttext"
+    lid: str = "cascade"
     no_fetch: bool = False
     fetch_options: object | None = None
     crawl_options: object | None = None  # pipeline.crawl.CrawlOptions for --input-format pages

@@ -5,9 +5,14 @@ Backends:
   loaded from its file path so nothing is ever downloaded (the default: ~100x faster
   than langdetect at equal English recall; see "Language ID" in docs/benchmarks.md);
 - ``langdetect``: the langdetect package, seeded so results repeat;
+- ``cascade``: an English vocabulary check, then a CLD2 veto and fastText lite
+  (pipeline/lid_cascade.py): keeps short English alt-text that fastText alone drops
+  ("Edge detect", "Tutorial Step 5"); its rejection reasons name the signal
+  (``fasttext:de``, ``cld2:fr``, ``vocabulary:und``);
 - ``none``: keep everything.
 
-A caption is rejected when the detector's top language is not English. A confidence floor
+For ``fasttext`` and ``langdetect`` a caption is rejected when the detector's top language
+is not English, and the reason is that language. A confidence floor
 (reject only above ``min_confidence``) was measured too: at 0.5 it keeps 0.2% more English
 captions but lets 5% of the non-English sample through, so the default floor is 0.
 """
@@ -25,7 +30,7 @@ from pipeline.schema import LANGUAGE_REJECTED
 from pipeline.status_io import FINAL, split_final
 
 MIN_CONFIDENCE = 0.0
-BACKENDS = ("fasttext", "langdetect", "none")
+BACKENDS = ("fasttext", "langdetect", "cascade", "none")
 
 
 def bundled_model_path() -> pathlib.Path:
@@ -94,8 +99,16 @@ def detect_langdetect(text: str) -> tuple[str, float]:
     return str(langs[0].lang), float(langs[0].prob)
 
 
+@functools.cache
+def _cascade():
+    from pipeline.lid_cascade import Cascade
+
+    return Cascade()
+
+
 class LanguageIdentifier:
-    """``rejection(caption)`` is None for English (kept) or the detected language code."""
+    """``rejection(caption)`` is None for English (kept), else the reason: the detected
+    language code (``fasttext``, ``langdetect``) or ``<signal>:<lang>`` (``cascade``)."""
 
     def __init__(self, backend: str, min_confidence: float = MIN_CONFIDENCE):
         if backend not in BACKENDS:
@@ -103,15 +116,21 @@ class LanguageIdentifier:
         self.backend = backend
         self.min_confidence = min_confidence
         self._detect = {"fasttext": detect_fasttext, "langdetect": detect_langdetect}.get(backend)
+        self._cascade = _cascade() if backend == "cascade" else None  # loads its data now
         if self._detect is not None:
             self._detect("warm up")  # load the model now, not inside the first bundle
 
     def detect(self, text: str) -> tuple[str, float]:
+        if self._cascade is not None:
+            reason = self._cascade.rejection(text)
+            return ("en", 1.0) if reason is None else (reason.rsplit(":", 1)[-1], 1.0)
         if self._detect is None:
             return "en", 1.0
         return self._detect(text)
 
     def rejection(self, caption: str) -> str | None:
+        if self._cascade is not None:
+            return self._cascade.rejection(caption)
         if self._detect is None:
             return None
         lang, score = self._detect(caption)
