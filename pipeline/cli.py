@@ -230,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv)
 
 
-def _retry_main(argv: list[str]) -> int:
-    """`wit-build --retry-failed OUT`: fetch only the retryable failures again."""
+def build_retry_parser() -> argparse.ArgumentParser:
+    """The command line of `wit-build --retry-failed OUT`."""
     p = argparse.ArgumentParser(
         prog="wit-build --retry-failed",
         description="Fetch again only the rows whose status is fetch_failed for a reason that "
@@ -242,6 +242,12 @@ def _retry_main(argv: list[str]) -> int:
     p.add_argument("--retries", type=int, default=None, help="retries per URL (default: as built)")
     p.add_argument("--timeout", type=float, default=None, help="read timeout, seconds")
     p.add_argument("--verbose", action="store_true")
+    return p
+
+
+def _retry_main(argv: list[str]) -> int:
+    """`wit-build --retry-failed OUT`: fetch only the retryable failures again."""
+    p = build_retry_parser()
     args = p.parse_args(argv)
     from pipeline.retry import retry_failed
 

@@ -81,12 +81,14 @@ def test_documented_command_parses(doc, line):
         assert (ROOT / script).is_file(), f"{doc} names {script}, which does not exist"
         return
     parser = importlib.import_module(PARSERS[argv[0]]).build_parser()
+    if argv[0] == "wit-build" and "--retry-failed" in argv:  # its other mode, own options
+        parser = importlib.import_module(PARSERS[argv[0]]).build_retry_parser()
     if is_partial(line):
         known = option_strings(parser)
         for flag in (a.split("=", 1)[0] for a in argv[1:] if a.startswith("--")):
             beam = argv[0] == "wit-build" and ("_" in flag or flag in BEAM_FLAGS)
             assert flag in known or beam, f"{doc}: {argv[0]} has no flag {flag}"
-    elif argv[0] == "wit-build":  # unknown flags are Beam's pipeline options
+    elif argv[0] == "wit-build" and "--retry-failed" not in argv:  # others: Beam's options
         parser.parse_known_args(argv[1:])
     else:
         parser.parse_args(argv[1:])
