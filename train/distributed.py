@@ -78,5 +78,9 @@ def mean_across_ranks(value: float, info: DistInfo) -> float:
 
 
 def cleanup(info: DistInfo) -> None:
+    """Leave together: a rank that destroys the group while another still has gloo work in
+    flight can make that rank abort at exit ("terminate called without an active
+    exception", seen about one run in five)."""
     if info.distributed and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
