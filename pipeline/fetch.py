@@ -24,11 +24,7 @@ See docs/operations.md for the opt-out policy.
 from __future__ import annotations
 
 import email.utils
-import heapq
-import itertools
-import os
 import random
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -36,8 +32,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
+from pipeline.deadline import WATCHDOG, Scope, connect_failed, response_socket
 from pipeline.dnscache import CachingResolver
 from pipeline.guard import (
     PINNED_ATTR,
@@ -250,147 +246,6 @@ class HostLimiter:
                     del self._hosts[host]
 
 
-# --- the wall-clock deadline -----------------------------------------------------------
-# Socket timeouts bound each connect and each read, not their sum: a server that sends a
-# byte a second never trips a 20 s read timeout. So each fetch runs in a `_Scope` with an
-# absolute deadline; the pinned connection pools report every connection they hand to the
-# fetch's thread (`on_checkout`), and one watchdog thread per process shuts down the
-# sockets of scopes that pass their deadline. The blocked read or TLS handshake then fails
-# at once, and the fetch ends with reason `deadline`.
-
-
-def _shutdown_socket(conn) -> None:
-    """Shut down a socket, or the socket a connection holds now (None between requests)."""
-    sock = conn if isinstance(conn, socket.socket) else getattr(conn, "sock", None)
-    if sock is None:
-        return
-    try:  # the plain socket's shutdown, also for an SSLSocket (it leaves the TLS state alone)
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except (OSError, ValueError):
-        pass
-
-
-def _response_socket(response) -> socket.socket | None:
-    """The socket a streamed response reads its body from.
-
-    http.client hands a `Connection: close` socket over to the response (the connection's
-    `sock` becomes None), so the body phase needs the socket itself:
-    requests Response -> urllib3 HTTPResponse -> http.client HTTPResponse -> buffered
-    reader -> SocketIO -> socket (an SSLSocket for https).
-    """
-    fp = getattr(getattr(response, "raw", None), "_fp", None)
-    raw = getattr(getattr(fp, "fp", None), "raw", None)
-    sock = getattr(raw, "_sock", None)
-    return sock if isinstance(sock, socket.socket) else None
-
-
-class _Scope:
-    """One fetch's deadline and the connections (or sockets) it is using right now."""
-
-    __slots__ = ("deadline", "external", "conns", "expired", "finished", "lock")
-
-    def __init__(self, deadline: float, external: float | None):
-        self.deadline = deadline
-        self.external = external  # a deadline the caller imposed, inherited by robots.txt
-        self.conns: list = []
-        self.expired = False
-        self.finished = False
-        self.lock = threading.Lock()
-
-    def attach(self, conn) -> None:
-        with self.lock:
-            if self.finished:
-                return
-            self.conns.append(conn)
-            if self.expired:
-                _shutdown_socket(conn)
-
-    def release(self) -> None:
-        """Forget the connections: they go back to the pool and may serve other threads."""
-        with self.lock:
-            self.conns.clear()
-
-    def expire(self) -> None:
-        with self.lock:
-            if self.finished:
-                return
-            self.expired = True
-            for conn in self.conns:
-                _shutdown_socket(conn)
-
-    def finish(self) -> None:
-        with self.lock:
-            self.finished = True
-            self.conns.clear()
-
-
-class _Watchdog:
-    """A daemon thread that expires scopes at their deadline (and again every 50 ms while
-    they run on, since a connection may not have had its socket yet at the first call)."""
-
-    RECHECK = 0.05
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, _Scope]] = []
-        self._seq = itertools.count()
-        self._thread: threading.Thread | None = None
-
-    def watch(self, scope: _Scope) -> None:
-        with self._cond:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="fetch-deadline-watchdog", daemon=True
-                )
-                self._thread.start()
-            heapq.heappush(self._heap, (scope.deadline, next(self._seq), scope))
-            if self._heap[0][2] is scope:
-                self._cond.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while True:
-                    while self._heap and self._heap[0][2].finished:
-                        heapq.heappop(self._heap)
-                    if not self._heap:
-                        self._cond.wait()
-                        continue
-                    wait = self._heap[0][0] - time.monotonic()
-                    if wait <= 0:
-                        break
-                    self._cond.wait(wait)
-                _, _, scope = heapq.heappop(self._heap)
-            scope.expire()
-            if not scope.finished:
-                with self._cond:
-                    again = time.monotonic() + self.RECHECK
-                    heapq.heappush(self._heap, (again, next(self._seq), scope))
-
-
-_WATCHDOG = _Watchdog()
-
-
-def _new_watchdog_after_fork() -> None:
-    global _WATCHDOG
-    _WATCHDOG = _Watchdog()  # the parent's thread and lock do not survive a fork
-
-
-os.register_at_fork(after_in_child=_new_watchdog_after_fork)
-
-
-def _connect_failed(err: BaseException) -> bool:
-    """True when a requests error means the TCP connection was never made."""
-    if isinstance(err, requests.exceptions.SSLError):
-        return False
-    if isinstance(err, requests.exceptions.ConnectTimeout):
-        return True
-    if isinstance(err, requests.ConnectionError) and err.args:
-        reason = getattr(err.args[0], "reason", err.args[0])
-        return isinstance(reason, NewConnectionError | ConnectTimeoutError)
-    return False
-
-
 class Fetcher:
     """Thread-safe image fetcher for one worker process.
 
@@ -434,7 +289,7 @@ class Fetcher:
 
     # -- deadline plumbing ------------------------------------------------------------------
 
-    def _scope(self) -> _Scope | None:
+    def _scope(self) -> Scope | None:
         return getattr(self._local, "scope", None)
 
     def _remaining(self) -> float | None:
@@ -452,9 +307,9 @@ class Fetcher:
         outer = self._scope()
         external = deadline if deadline is not None else (outer.external if outer else None)
         limit = time.monotonic() + self.options.total_timeout
-        scope = _Scope(limit if external is None else min(limit, external), external)
+        scope = Scope(limit if external is None else min(limit, external), external)
         self._local.scope = scope
-        _WATCHDOG.watch(scope)
+        WATCHDOG.watch(scope)
         try:
             yield scope
         finally:
@@ -472,7 +327,7 @@ class Fetcher:
         with self._deadline(deadline) as scope:
             return self._get(url, purpose, scope)
 
-    def _get(self, url: str, purpose: str, scope: _Scope) -> FetchResult:
+    def _get(self, url: str, purpose: str, scope: Scope) -> FetchResult:
         opts = self.options
         deadline = scope.deadline
         current = url
@@ -584,7 +439,7 @@ class Fetcher:
             except (requests.RequestException, OSError, ValueError) as err:
                 if time.monotonic() >= deadline:
                     raise _Final(FETCH_FAILED, "deadline") from err
-                if _connect_failed(err):
+                if connect_failed(err):
                     raise _ConnectFailed(type(err).__name__) from err
                 if isinstance(err, requests.exceptions.SSLError):  # a retry will not fix it
                     raise _Final(FETCH_FAILED, type(err).__name__) from err
@@ -592,7 +447,7 @@ class Fetcher:
                     raise _Retry(type(err).__name__) from err
                 raise _Final(FETCH_FAILED, type(err).__name__) from err
             if scope is not None:
-                sock = _response_socket(response)
+                sock = response_socket(response)
                 if sock is not None:
                     scope.attach(sock)
             with response:
