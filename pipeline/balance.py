@@ -398,15 +398,17 @@ class _CountFn(beam.DoFn):
     to a file and only its name goes on, so the runner does not hold every candidate while
     the combiners finish (the later steps wait for their side inputs)."""
 
-    def __init__(self, n_buckets, out_dir=None, beam_args=()):
+    def __init__(self, n_buckets, out_dir=None, beam_args=(), progress=True):
         self.n_buckets, self.out_dir, self.beam_args = n_buckets, out_dir, tuple(beam_args)
+        self.progress_on = progress
 
     def setup(self):
         from pipeline.fsio import ensure_options
         from pipeline.progress import Reporter
 
         ensure_options(self.beam_args)
-        self.progress = Reporter(self.out_dir, "text")  # rows through the text stages
+        # rows through the text stages
+        self.progress = Reporter(self.out_dir if self.progress_on else None, "text")
 
     def finish_bundle(self):
         self.progress.flush()
@@ -480,9 +482,9 @@ class BalancePerQuery(beam.PTransform):
     """
 
     def __init__(self, handle, querylist, mode, cap, seed, n_buckets=1, beam_args=(),
-                 out_dir=None):  # fmt: skip
+                 out_dir=None, progress=True):  # fmt: skip
         super().__init__()
-        self.out_dir = out_dir
+        self.out_dir, self.progress = out_dir, progress
         if mode not in MODES:
             raise ValueError(f"unknown --balance mode {mode!r}")
         self.handle, self.querylist, self.beam_args = handle, querylist, tuple(beam_args)
@@ -499,7 +501,7 @@ class BalancePerQuery(beam.PTransform):
     def expand(self, matched):
         args = (self.handle, self.querylist, self.seed)
         split = matched | "CountMatches" >> beam.ParDo(
-            _CountFn(self.n_buckets, self.out_dir, self.beam_args)
+            _CountFn(self.n_buckets, self.out_dir, self.beam_args, self.progress)
         ).with_outputs("counts", main="tables")
         counts = self._combine(split.counts, "Counts", "metaclip") | "DenseCounts" >> beam.Map(
             dense_counts

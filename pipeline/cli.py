@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="show Beam's and the libraries' log lines (hidden by default)",
     )
     p.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bars and no progress markers under OUT/_progress (for batch logs)",
+    )
+    p.add_argument(
         "--rows-per-bucket",
         type=int,
         default=100_000,
@@ -300,6 +306,7 @@ def _run(args, beam_args) -> int:
             crawl_options=_crawl_options(args) if args.input_format == "pages" else None,
             rows_per_bucket=args.rows_per_bucket,
             verbose=args.verbose,
+            progress=args.progress,
             beam_args=beam_args,
         )
         manifest = run_job(cfg)

@@ -76,6 +76,7 @@ class JobConfig:
     crawl_options: object | None = None  # pipeline.crawl.CrawlOptions for --input-format pages
     rows_per_bucket: int = ROWS_PER_BUCKET
     verbose: bool = False  # Beam's and the libraries' log lines; progress bars either way
+    progress: bool = True  # False: no markers under OUT/_progress and no bars (--no-progress)
     beam_args: list[str] = field(default_factory=list)
 
 
@@ -176,7 +177,8 @@ def _candidate_source(cfg: JobConfig, plan, errors_dir: str) -> beam.PTransform:
         from pipeline.crawl import CrawlPageLists  # the page crawler, only for page lists
 
         return "CrawlPages" >> CrawlPageLists(plan.files, cfg.crawl_options, cfg.out, cfg.beam_args)
-    return "ReadCandidates" >> ReadCandidates(plan.units, errors_dir, cfg.beam_args, cfg.out)
+    progress_out = cfg.out if cfg.progress else None
+    return "ReadCandidates" >> ReadCandidates(plan.units, errors_dir, cfg.beam_args, progress_out)
 
 
 def plan_page_lists(patterns: list[str]):
@@ -246,6 +248,7 @@ def build_pipeline(
         n_buckets,
         args,
         out_dir=cfg.out,
+        progress=cfg.progress,
     )
     finals = {
         "Rejected": norm[FINAL],
@@ -263,7 +266,8 @@ def build_pipeline(
         fetched = (
             split[KEPT]
             | "ToRecords" >> beam.ParDo(_ToRecordsFn(handle, cfg.querylist, cfg.out, args))
-            | "FetchAndWriteShards" >> ShardOutcomes(cfg.out, cfg.fetch_options, args)
+            | "FetchAndWriteShards"
+            >> ShardOutcomes(cfg.out, cfg.fetch_options, args, progress=cfg.progress)
             | "ShardRowsToTables" >> beam.Map(shard_rows_to_work)
         )
         finals["NotSelected"] = split.rest
@@ -274,7 +278,8 @@ def build_pipeline(
     after_balancing = ("Balanced", "NotSelected")
     tallies = [
         rows | f"Write{name}" >> WriteStatus(handle, cfg.querylist, cfg.out, args,
-                                             None if name in after_balancing else "text")
+                                             None if name in after_balancing or not cfg.progress
+                                             else "text")
         for name, rows in finals.items()
     ]  # fmt: skip
     if not cfg.no_fetch:
@@ -379,7 +384,7 @@ def run_job(cfg: JobConfig) -> dict:
             bars["fetch"] = None  # known once balancing has planned the shards
         try:
             with QuietStderr(enabled=not cfg.verbose) as quiet:
-                with ProgressBars(cfg.out, bars, quiet.stream):
+                with ProgressBars(cfg.out, bars, quiet.stream, enabled=cfg.progress):
                     result = p.run()
                     result.wait_until_finish()
         except BaseException:

@@ -52,9 +52,11 @@ def done_rows(out_dir: str, phase: str) -> int:
 class ProgressBars:
     """Polls the markers in a thread and draws one tqdm bar per phase on stderr."""
 
-    def __init__(self, out_dir: str, totals: dict[str, int | None], stream, interval=None):
+    def __init__(self, out_dir: str, totals: dict[str, int | None], stream, interval=None,
+                 enabled: bool = True):  # fmt: skip
         from pipeline import fsio
 
+        self.enabled = enabled  # False (--no-progress): draws nothing and polls nothing
         self.out_dir, self.totals, self.stream = out_dir, dict(totals), stream
         self.interval = interval or (1.0 if fsio.is_local(out_dir) else 5.0)
         self._stop = threading.Event()
@@ -64,6 +66,8 @@ class ProgressBars:
     def __enter__(self):
         from tqdm import tqdm
 
+        if not self.enabled:
+            return self
         tty = getattr(self.stream, "isatty", lambda: False)()
         for position, (phase, label) in enumerate(PHASES):
             if phase in self.totals:
@@ -96,6 +100,8 @@ class ProgressBars:
                 pass
 
     def __exit__(self, *exc):
+        if not self.enabled:
+            return False
         self._stop.set()
         self._thread.join()
         try:

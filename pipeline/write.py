@@ -425,11 +425,13 @@ class ShardOutcomes(beam.PTransform):
     a Reshuffle. Call `finalize_output(OUT)` after the run.
     """
 
-    def __init__(self, out_dir: str, options: FetchOptions | None = None, beam_args=()):
+    def __init__(self, out_dir: str, options: FetchOptions | None = None, beam_args=(),
+                 progress: bool = True):  # fmt: skip
         super().__init__()
         self.out_dir = out_dir
         self.options = options or FetchOptions()
         self.beam_args = tuple(beam_args)
+        self.progress = progress  # False: no markers for the fetch bar
 
     def expand(self, selected):
         shard_size = self.options.shard_size
@@ -455,7 +457,8 @@ class ShardOutcomes(beam.PTransform):
             | "FetchResizeWrite"
             >> beam.ParDo(_WriteShardFn(self.out_dir, self.options, self.beam_args))
             | "OnlyCommittedAttempts" >> beam.Reshuffle()
-            | "CommitShards" >> beam.ParDo(_CommitShardFn(self.beam_args, self.out_dir))
+            | "CommitShards"
+            >> beam.ParDo(_CommitShardFn(self.beam_args, self.out_dir if self.progress else None))
         )
 
 

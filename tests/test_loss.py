@@ -49,6 +49,9 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             for flag in (False, True)
         }
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        # Leave together: a rank that tears gloo down while the other still has work in
+        # flight can abort the other at exit ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -63,6 +63,19 @@ def test_verbose_shows_beams_log_lines(job):
     assert re.search(r"^(INFO|WARNING):", result.stderr, re.M), result.stderr[-2000:]
 
 
+@pytest.mark.slow
+def test_no_progress_draws_no_bars_and_keeps_the_outputs(job):
+    quiet, n = _run(job, "bars")
+    plain, _ = _run(job, "nobars", "--no-progress")
+    for label in ("reading", "text stages", "fetching"):
+        assert not any(line.startswith(label) for line in re.split(r"[\r\n]", plain.stderr))
+    assert "kept" in plain.stdout and "total" in plain.stdout  # the summary table stays
+    root = job[0]
+    assert fsio.read_json(str(root / "nobars" / "counts" / "totals.json")) == fsio.read_json(
+        str(root / "bars" / "counts" / "totals.json")
+    )
+
+
 def test_progress_markers_sum_by_name_and_reporters_throttle(tmp_path):
     out = str(tmp_path)
     record(out, "read", "a", 5)
