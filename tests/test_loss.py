@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from train import ClipLoss
+from train.distributed import exit_rank
 
 GLOBAL_BATCH, DIM, WORLD = 8, 16, 2
 
@@ -49,11 +50,10 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             for flag in (False, True)
         }
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        # Leave together: a rank that tears gloo down while the other still has work in
-        # flight can abort the other at exit ("terminate called without an active exception").
-        dist.barrier()
+        dist.barrier()  # destroy the group together, no rank with gloo work in flight
     finally:
         dist.destroy_process_group()
+    exit_rank(0)  # the work is saved: leave before a C++ teardown abort (see exit_rank)
 
 
 def free_port() -> int:

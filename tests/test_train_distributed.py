@@ -23,7 +23,7 @@ DDP_STEP = textwrap.dedent(
     """
     import copy, sys, torch
     from train import ClipLoss, create_model
-    from train.distributed import init_distributed, cleanup
+    from train.distributed import init_distributed, cleanup, exit_rank
     from train.trainer import train_step
     info = init_distributed("cpu")
     torch.manual_seed(0)
@@ -46,8 +46,10 @@ DDP_STEP = textwrap.dedent(
         worst.append(max((a - b).abs().max().item() for a, b in
                          zip(local.state_dict().values(), reference.state_dict().values())))
     if info.rank == 0:
-        open(sys.argv[1], "w").write(repr(worst))
+        with open(sys.argv[1], "w") as f:
+            f.write(repr(worst))
     cleanup(info)
+    exit_rank(0)
     """
 )
 

@@ -151,6 +151,17 @@ def validate(args, parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    # a torchrun rank that finished: leave before a C++ teardown abort can turn the done
+    # run into a failed one (a failing rank exits normally: it fails either way)
+    if code == 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1 and argv is None:
+        from train.distributed import exit_rank
+
+        exit_rank(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
