@@ -49,8 +49,25 @@ def done_rows(out_dir: str, phase: str) -> int:
     return total
 
 
+class _Discard:
+    """A file that drops what tqdm draws (the bars of a log file are printed as lines)."""
+
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+
 class ProgressBars:
-    """Polls the markers in a thread and draws one tqdm bar per phase on stderr."""
+    """Polls the markers in a thread and draws one tqdm bar per phase on stderr.
+
+    On a terminal the bars redraw in place. Into a log file (stderr not a tty) they would
+    leave carriage returns and cursor-up codes, so there each bar is printed as a plain
+    line every ``LOG_EVERY`` seconds and once at the end.
+    """
+
+    LOG_EVERY = 30.0
 
     def __init__(self, out_dir: str, totals: dict[str, int | None], stream, interval=None,
                  enabled: bool = True):  # fmt: skip
@@ -59,22 +76,27 @@ class ProgressBars:
         self.enabled = enabled  # False (--no-progress): draws nothing and polls nothing
         self.out_dir, self.totals, self.stream = out_dir, dict(totals), stream
         self.interval = interval or (1.0 if fsio.is_local(out_dir) else 5.0)
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._logged = None  # monotonic time of the last lines printed into a log
         self.bars = {}
 
     def __enter__(self):
+        import time
+
         from tqdm import tqdm
 
         if not self.enabled:
             return self
-        tty = getattr(self.stream, "isatty", lambda: False)()
         for position, (phase, label) in enumerate(PHASES):
             if phase in self.totals:
                 self.bars[phase] = tqdm(total=self.totals[phase], desc=f"{label:<11}",
                                         unit=" rows", unit_scale=True, position=position,
-                                        file=self.stream, dynamic_ncols=True, leave=True,
-                                        mininterval=0.5 if tty else 15.0)  # fmt: skip
+                                        file=self.stream if self.tty else _Discard(),
+                                        dynamic_ncols=True, leave=True,
+                                        mininterval=0.5)  # fmt: skip
+        self._logged = time.monotonic()
         self._thread.start()
         return self
 
@@ -92,12 +114,31 @@ class ProgressBars:
             bar.n = n
             bar.refresh()
 
+    def _log_lines(self, force: bool = False) -> None:
+        """Into a log file: every bar as one line, at most every LOG_EVERY seconds."""
+        import time
+
+        if self.tty or not (force or time.monotonic() - self._logged >= self.LOG_EVERY):
+            return
+        self._logged = time.monotonic()
+        for bar in self.bars.values():
+            self.stream.write(f"{bar}\n")
+        self.stream.flush()
+
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        import time
+
+        wait = self.interval
+        while not self._stop.wait(wait):
+            start = time.monotonic()
             try:
                 self.update()
+                self._log_lines()
             except Exception:  # noqa: BLE001 - a listing that fails now may work next time
                 pass
+            # a listing that grows slow (many markers, a slow store) is polled less often,
+            # so polling never takes more than ~2% of the launcher's time
+            wait = max(self.interval, 50 * (time.monotonic() - start))
 
     def __exit__(self, *exc):
         if not self.enabled:
@@ -108,6 +149,7 @@ class ProgressBars:
             self.update()
         except Exception:  # noqa: BLE001
             pass
+        self._log_lines(force=True)
         for bar in self.bars.values():
             bar.close()
         return False
