@@ -15,6 +15,33 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward gives each rank the sum, over all ranks, of the gradient
+    of its own slice (every rank's loss uses every rank's features).
+
+    Written here because torch.distributed.nn.functional.all_gather, which does the same,
+    is deprecated in torch 2.14 and warns on every run. Gloo has no reduce_scatter, so
+    the backward all-reduces the whole gradient and keeps this rank's rows.
+    """
+
+    @staticmethod
+    def forward(ctx, features, rank, world_size):
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(features) for _ in range(world_size)]
+        dist.all_gather(parts, features.contiguous())
+        ctx.rank, ctx.rows = rank, features.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows], None, None
+
+
 def gather_features(
     features: torch.Tensor, rank: int, world_size: int, with_grad: bool = False
 ) -> torch.Tensor:
@@ -22,9 +49,7 @@ def gather_features(
     import torch.distributed as dist
 
     if with_grad:
-        import torch.distributed.nn.functional as dist_fn
-
-        return torch.cat(dist_fn.all_gather(features), dim=0)
+        return _GatherWithGrad.apply(features, rank, world_size)
     parts = [torch.empty_like(features) for _ in range(world_size)]
     dist.all_gather(parts, features.detach().contiguous())
     parts[rank] = features
