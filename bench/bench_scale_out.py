@@ -131,13 +131,13 @@ def main() -> None:
     print(f"queries={args.queries:,} captions={len(captions):,} anchor={args.anchor} "
           f"repeats={args.repeats} (medians)")  # fmt: skip
     print(f"{'run':<8}{'candidates':>12}{'seconds':>9}{'cand/s':>9}{'cpu us/cand':>12}"
-          f"{'launcher GiB':>13}{'tree GiB':>9}{'kept':>9}  units")  # fmt: skip
+          f"{'launcher GiB':>13}{'tree GiB':>9}{'kept':>12}  units")  # fmt: skip
     for (name, n), rs in results.items():
         med = {k: statistics.median(r[k] for r in rs) for k in ("seconds", "cpu", "launcher",
                                                                 "tree")}  # fmt: skip
         print(f"{name:<8}{n:>12,}{med['seconds']:>9.1f}{n / med['seconds']:>9,.0f}"
               f"{1e6 * med['cpu'] / n:>12.1f}{med['launcher'] / 2**30:>13.2f}"
-              f"{med['tree'] / 2**30:>9.2f}{rs[0]['kept']:>9,}  {json.dumps(rs[0]['units'])}")  # fmt: skip
+              f"{med['tree'] / 2**30:>9.2f}{rs[0]['kept']:>12,}  {json.dumps(rs[0]['units'])}")  # fmt: skip
     for n in args.sizes:
         if ("new", n) in results and ("anchor", n) in results:
             new = statistics.median(r["seconds"] for r in results[("new", n)])
@@ -150,7 +150,8 @@ def main() -> None:
 
 
 def plot(results_path: str, png: str) -> None:
-    """Peak RSS of the whole process tree against candidates, one line per code version."""
+    """Peak RSS of the whole process tree against candidates, one line per code version;
+    for each size the latest run recorded (the code as it is now, not older versions)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,14 +161,13 @@ def plot(results_path: str, png: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, label in (("anchor", "before (16 buckets, wide shuffles)"),
                         ("new", "after (narrow keys, spill files)")):  # fmt: skip
-        by_n: dict[int, list[float]] = {}
-        for r in runs:
+        latest: dict[int, float] = {}
+        for r in sorted(runs, key=lambda r: r["time"]):
             if r["run"] == name:
-                by_n.setdefault(r["candidates"], []).append(r["tree"] / 2**30)
-        if by_n:
-            xs = sorted(by_n)
-            ax.plot([x / 1e6 for x in xs], [statistics.median(by_n[x]) for x in xs], "o-",
-                    label=label)  # fmt: skip
+                latest[r["candidates"]] = r["tree"] / 2**30
+        if latest:
+            xs = sorted(latest)
+            ax.plot([x / 1e6 for x in xs], [latest[x] for x in xs], "o-", label=label)
     ax.axhline(8, color="grey", linestyle="--", linewidth=1, label="8 GiB goal")
     ax.set_xlabel("candidates (millions)")
     ax.set_ylabel("peak RSS, whole process tree (GiB)")
