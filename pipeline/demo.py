@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             "--batch-size", str(args.batch_size),
             "--workers", "1",
             "--save-every", "100",
+            # a second `make demo` continues (or, when done, skips) the first one's run,
+            # like the build above; a new run starts from step 0
+            "--resume",
         ],
     )  # fmt: skip
 

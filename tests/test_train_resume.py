@@ -123,6 +123,16 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(corpus):
     for step in range(killed_at + 3, 25, 3):
         assert broken_losses[step] == full_losses[step]
 
+    # Resuming a finished run (a second `make demo`) trains nothing and says so.
+    before = load_weights(full / "checkpoints" / "latest.pt")
+    again = subprocess.run(train_cmd(shards, config, str(full), "--resume"), cwd=ROOT, env=env(),
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already at step 24; nothing to train" in again.stderr
+    after = load_weights(full / "checkpoints" / "latest.pt")
+    assert after["step"] == 24
+    assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
+
 
 def test_run_folder_with_checkpoints_needs_resume(corpus, tmp_path):
     d, shards, config = corpus

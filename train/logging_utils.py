@@ -146,6 +146,10 @@ class RunLogger:
             if self.tb is not None:
                 self.tb.close()
             self.file.close()
+            if summary["steps_this_run"] == 0:  # a --resume of a finished run
+                print(f"wit-train: already at step {step}; nothing to train, checkpoints in "
+                      f"{self.run / 'checkpoints'}", file=sys.stderr)  # fmt: skip
+                return summary
             print(
                 f"wit-train: {summary['steps_this_run']} steps (to step {step}), final loss "
                 f"{loss:.4f}, {summary['samples_per_s']} samples/s, "
