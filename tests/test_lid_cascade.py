@@ -136,6 +136,15 @@ def test_vocabulary_rules():
     assert not {"the", "dog", "edge", "tool", "step", "men", "in"} & excluded
 
 
+def test_checked_in_excluded_list_is_what_the_generator_writes(tmp_path):
+    _needs_resources()
+    from pipeline.lid_cascade import EXCLUDED_FILE, write_excluded
+
+    n = write_excluded(tmp_path / "excluded.txt", 1.5, 2.0)
+    assert (tmp_path / "excluded.txt").read_bytes() == EXCLUDED_FILE.read_bytes()
+    assert n > 10_000
+
+
 def test_compound_and_affixed_words(cascade):
     vocab = cascade._cascade.vocabulary
     assert vocab.known("gluepoint") and vocab.known("tileable") and vocab.known("unmerge")
