@@ -25,3 +25,9 @@ def shared_path(*parts: str) -> pathlib.Path:
 @pytest.fixture
 def shared_data():
     return shared_path
+
+
+@pytest.fixture(scope="module")
+def flickr_dir():
+    """The real Flickr8k photos (test_fetch, test_resize, test_dnscache, test_write)."""
+    return shared_path("flickr8k-1k", "images")

@@ -17,28 +17,6 @@ from pipeline.fetch import (
 from pipeline.fixtures import payloads
 from pipeline.resize import ImageResizer, looks_truncated
 
-
-def options(**overrides) -> FetchOptions:
-    base = dict(
-        allow_private_addresses=True,
-        retries=1,
-        backoff_base=0.01,
-        connect_timeout=2.0,
-        read_timeout=5.0,
-        total_timeout=20.0,
-        threads=8,
-    )
-    base.update(overrides)
-    return FetchOptions(**base)
-
-
-@pytest.fixture(scope="module")
-def flickr_dir():
-    from conftest import shared_path  # pytest puts tests/ on sys.path for conftest
-
-    return shared_path("flickr8k-1k", "images")
-
-
 # --- resizing --------------------------------------------------------------------------------
 
 

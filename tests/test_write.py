@@ -131,13 +131,6 @@ def tar_bytes(out_dir) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def flickr_dir():
-    from conftest import shared_path  # pytest puts tests/ on sys.path for conftest
-
-    return shared_path("flickr8k-1k", "images")
-
-
-@pytest.fixture(scope="module")
 def web(flickr_dir):
     with FixtureWeb(image_dir=flickr_dir) as server:
         yield server
