@@ -16,8 +16,6 @@ with `--model CONFIG`. Results go to the terminal as a table and, with `--out`, 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import sys
 import time
@@ -25,9 +23,11 @@ import time
 from train.eval.tables import (
     _overlap_text,
     _short_name,
+    clean_json,
     fewshot_table,
     format_table,
     robustness_table,
+    write_json,
 )
 
 TASKS = ("zeroshot", "probe", "fewshot", "robustness", "retrieval", "overlap")
@@ -460,34 +460,6 @@ def _run_overlap(args, checkpoints: list[str], data) -> dict:
     return report
 
 
-# ---------------------------------------------------------------- output
-
-
-def _write_json(path: str, obj: dict) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, allow_nan=False, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    return str(o)
-
-
-def _clean(obj):
-    """NaN (a metric on an empty set) becomes null so the JSON stays standard."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clean(v) for v in obj]
-    return obj
-
-
 def _check_early(args, checkpoints: list[str]) -> None:
     """Fail on a missing checkpoint or bad templates before any image is read."""
     from train.checkpoint import resolve
@@ -516,7 +488,7 @@ def run(args) -> dict:
             print(format_table(report["zeroshot"], TABLE_KEYS["overlap"]))
         result = {**meta, **report}
     elif args.task == "robustness":
-        report = _clean(_run_robustness(args, checkpoints, data))
+        report = clean_json(_run_robustness(args, checkpoints, data))
         print(robustness_table(report))
         fit = report["line_fit"]
         print(
@@ -580,9 +552,9 @@ def run(args) -> dict:
         else:
             result = {**meta, "results": [{"checkpoint": p, **r} for p, r in results.items()]}
     print(f"wit-eval {args.task}: done in {time.monotonic() - started:.1f}s", file=sys.stderr)
-    result = _clean(result)
+    result = clean_json(result)
     if args.out:
-        _write_json(args.out, result)
+        write_json(args.out, result)
         _log(args, f"wrote {args.out}")
     return result
 

@@ -1,7 +1,8 @@
-"""Text tables of wit-eval's results: what the terminal shows (the JSON holds the rest)."""
+"""wit-eval's results as the terminal shows them (text tables) and as it writes them (JSON)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -123,3 +124,27 @@ def _short_name(path: str) -> str:
     prefix = "random:" if path.startswith("random:") else ""
     rest = path.removeprefix(prefix)
     return prefix + (os.path.basename(os.path.normpath(rest)) or rest)
+
+
+# --- JSON output -------------------------------------------------------------------------
+
+
+def write_json(path: str, obj: dict) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, allow_nan=False, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def clean_json(obj):
+    """NaN (a metric on an empty set) becomes null so the JSON stays standard."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [clean_json(v) for v in obj]
+    return obj
